@@ -1,0 +1,299 @@
+// Package api is nxcloud's HTTP surface: the echo instance with its timeouts,
+// problem+json errors, authentication, health, readiness, metrics and the
+// OpenAPI document; the N apps register their routes on it.
+package api
+
+import (
+	"context"
+	"crypto/subtle"
+	"errors"
+	"log/slog"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/labstack/echo/v4"
+	"github.com/labstack/echo/v4/middleware"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/nxcloud/nxcloud/apps"
+	"github.com/nxcloud/nxcloud/tenants"
+)
+
+// Config configures the HTTP server.
+type Config struct {
+	// OperatorToken guards the operator API until the identity work lands; empty
+	// disables the operator API.
+	OperatorToken string
+	// TrustedProxies are CIDRs whose X-Forwarded-For is believed; without them
+	// the client address is the socket's peer.
+	TrustedProxies []string
+	Logger         *slog.Logger
+}
+
+// Registrar is an app's route table.
+type Registrar interface {
+	Register(g *echo.Group)
+}
+
+// Deps are what the server serves.
+type Deps struct {
+	Tenants  *tenants.Service
+	Registry *prometheus.Registry
+	// Ready reports whether the process can serve (database, Redis, broker,
+	// ingest backlog); the map holds each check's state.
+	Ready func(ctx context.Context) (map[string]string, bool)
+	// Operator registers the operator routes; Tenant apps register tenant routes.
+	Operator []func(g *echo.Group)
+	Tenant   []func(g *echo.Group)
+}
+
+// Server is the HTTP server.
+type Server struct {
+	e   *echo.Echo
+	srv *http.Server
+	log *slog.Logger
+}
+
+// New builds the server and its routes.
+func New(cfg Config, deps Deps) (*Server, error) {
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	e := echo.New()
+	e.HideBanner, e.HidePort = true, true
+	e.IPExtractor = echo.ExtractIPDirect()
+	if len(cfg.TrustedProxies) > 0 {
+		var opts []echo.TrustOption
+		opts = append(opts, echo.TrustLoopback(false), echo.TrustLinkLocal(false), echo.TrustPrivateNet(false))
+		for _, c := range cfg.TrustedProxies {
+			_, n, err := net.ParseCIDR(strings.TrimSpace(c))
+			if err != nil {
+				return nil, errors.New("trusted proxy " + c + ": want a CIDR such as 10.0.0.0/8")
+			}
+			opts = append(opts, echo.TrustIPRange(n))
+		}
+		e.IPExtractor = echo.ExtractIPFromXFFHeader(opts...)
+	}
+	s := &Server{e: e, log: log}
+	e.HTTPErrorHandler = s.handleError
+	httpMetrics := newHTTPMetrics(deps.Registry)
+	e.Use(middleware.RequestID())
+	e.Use(middleware.BodyLimit("2M"))
+	e.Use(s.recoverer)
+	e.Use(httpMetrics.middleware)
+	e.Use(s.accessLog)
+
+	e.GET("/healthz", func(c echo.Context) error {
+		return c.JSON(http.StatusOK, map[string]string{"status": "ok"})
+	})
+	e.GET("/readyz", func(c echo.Context) error {
+		checks, ok := deps.Ready(c.Request().Context())
+		status := http.StatusOK
+		if !ok {
+			status = http.StatusServiceUnavailable
+		}
+		return c.JSON(status, map[string]any{"ready": ok, "checks": checks})
+	})
+	if deps.Registry != nil {
+		e.GET("/metrics", echo.WrapHandler(promhttp.HandlerFor(deps.Registry, promhttp.HandlerOpts{Registry: deps.Registry})))
+	}
+	v1 := e.Group("/api/v1")
+	v1.GET("/openapi.json", func(c echo.Context) error {
+		return c.Blob(http.StatusOK, "application/json", openapiDoc)
+	})
+	op := v1.Group("/operator", operatorAuth(cfg.OperatorToken))
+	for _, r := range deps.Operator {
+		r(op)
+	}
+	tg := v1.Group("", tenantAuth(deps.Tenants))
+	for _, r := range deps.Tenant {
+		r(tg)
+	}
+	s.srv = &http.Server{
+		Handler:           e,
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      60 * time.Second,
+		IdleTimeout:       120 * time.Second,
+		MaxHeaderBytes:    64 << 10,
+	}
+	return s, nil
+}
+
+// Handler returns the HTTP handler (for tests).
+func (s *Server) Handler() http.Handler { return s.e }
+
+// Routes returns the route table.
+func (s *Server) Routes() []*echo.Route { return s.e.Routes() }
+
+// Serve serves on ln until Shutdown.
+func (s *Server) Serve(ln net.Listener) error {
+	err := s.srv.Serve(ln)
+	if errors.Is(err, http.ErrServerClosed) {
+		return nil
+	}
+	return err
+}
+
+// Shutdown stops accepting and waits for requests in flight until ctx ends.
+func (s *Server) Shutdown(ctx context.Context) error { return s.srv.Shutdown(ctx) }
+
+func bearer(c echo.Context) string {
+	h := c.Request().Header.Get(echo.HeaderAuthorization)
+	if len(h) > 7 && strings.EqualFold(h[:7], "bearer ") {
+		return strings.TrimSpace(h[7:])
+	}
+	return ""
+}
+
+func operatorAuth(token string) echo.MiddlewareFunc {
+	return func(next echo.HandlerFunc) echo.HandlerFunc {
+		return func(c echo.Context) error {
+			if token == "" {
+				return apps.Errorf(apps.Forbidden, "the operator API is disabled: set NXCLOUD_OPERATOR_TOKEN")
+			}
+			got := bearer(c)
+			if got == "" || subtle.ConstantTimeCompare([]byte(got), []byte(token)) != 1 {
+				return apps.Errorf(apps.Unauthorized, "operator token required (Authorization: Bearer <token>)")
+			}
+			return next(c)
+		}
+	}
+}
+
+func tenantAuth(svc *tenants.Service) echo.MiddlewareFunc {
+	return func(next echo.HandlerFunc) echo.HandlerFunc {
+		return func(c echo.Context) error {
+			tok := bearer(c)
+			if tok == "" {
+				return apps.Errorf(apps.Unauthorized, "API key required (Authorization: Bearer nxk_...)")
+			}
+			p, err := svc.AuthenticateAPIKey(c.Request().Context(), tok)
+			if err != nil {
+				return err
+			}
+			c.Set("principal", p)
+			ctx := tenants.WithTenant(c.Request().Context(), p.TenantID)
+			c.SetRequest(c.Request().WithContext(ctx))
+			return next(c)
+		}
+	}
+}
+
+// Problem is an RFC 9457 problem document with nxcloud's stable code.
+type Problem struct {
+	Type      string `json:"type"`
+	Title     string `json:"title"`
+	Status    int    `json:"status"`
+	Detail    string `json:"detail"`
+	Code      string `json:"code"`
+	Field     string `json:"field,omitempty"`
+	RequestID string `json:"request_id,omitempty"`
+}
+
+var statusOf = map[string]int{
+	apps.Invalid:       http.StatusBadRequest,
+	apps.NotFound:      http.StatusNotFound,
+	apps.Conflict:      http.StatusConflict,
+	apps.Unauthorized:  http.StatusUnauthorized,
+	apps.Forbidden:     http.StatusForbidden,
+	apps.QuotaExceeded: http.StatusTooManyRequests,
+	apps.Unavailable:   http.StatusServiceUnavailable,
+	apps.Internal:      http.StatusInternalServerError,
+}
+
+func (s *Server) handleError(err error, c echo.Context) {
+	if c.Response().Committed {
+		return
+	}
+	p := Problem{RequestID: c.Response().Header().Get(echo.HeaderXRequestID)}
+	var ae *apps.Error
+	var he *echo.HTTPError
+	switch {
+	case errors.As(err, &ae):
+		p.Code, p.Detail, p.Field = ae.Code, ae.Message, ae.Field
+		p.Status = statusOf[ae.Code]
+		if p.Status == 0 {
+			p.Status = http.StatusInternalServerError
+		}
+	case errors.As(err, &he):
+		p.Status = he.Code
+		p.Detail = http.StatusText(he.Code)
+		if m, ok := he.Message.(string); ok {
+			p.Detail = m
+		}
+		switch he.Code {
+		case http.StatusNotFound:
+			p.Code = apps.NotFound
+		case http.StatusMethodNotAllowed:
+			p.Code = "method_not_allowed"
+		case http.StatusRequestEntityTooLarge:
+			p.Code = apps.Invalid
+		case http.StatusUnauthorized:
+			p.Code = apps.Unauthorized
+		case http.StatusTooManyRequests:
+			p.Code = apps.QuotaExceeded
+		default:
+			p.Code = apps.Invalid
+			if he.Code >= 500 {
+				p.Code = apps.Internal
+			}
+		}
+	case errors.Is(err, context.Canceled):
+		return
+	default:
+		p.Status, p.Code, p.Detail = http.StatusInternalServerError, apps.Internal, "internal error"
+		tenant, _ := tenants.FromContext(c.Request().Context())
+		s.log.Error("request failed", "err", err, "request_id", p.RequestID, "tenant", tenant, "route", c.Path(),
+			"method", c.Request().Method)
+	}
+	p.Type = "https://nxcloud.dev/problems/" + p.Code
+	p.Title = http.StatusText(p.Status)
+	if p.Code == apps.Unauthorized {
+		c.Response().Header().Set("WWW-Authenticate", `Bearer realm="nxcloud"`)
+	}
+	c.Response().Header().Set(echo.HeaderContentType, "application/problem+json")
+	c.Response().WriteHeader(p.Status)
+	if c.Request().Method == http.MethodHead {
+		return
+	}
+	_ = writeJSON(c.Response(), p)
+}
+
+func (s *Server) recoverer(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) (err error) {
+		defer func() {
+			if r := recover(); r != nil {
+				if r == http.ErrAbortHandler {
+					panic(r)
+				}
+				err = errors.New("panic: " + strconv.Quote(toString(r)))
+			}
+		}()
+		return next(c)
+	}
+}
+
+func (s *Server) accessLog(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		start := time.Now()
+		err := next(c)
+		if err != nil {
+			c.Error(err)
+		}
+		status := c.Response().Status
+		level := slog.LevelDebug
+		if status >= 500 {
+			level = slog.LevelWarn
+		}
+		s.log.Log(c.Request().Context(), level, "http", "method", c.Request().Method, "route", c.Path(),
+			"status", status, "took", time.Since(start).Round(time.Microsecond), "ip", c.RealIP(),
+			"request_id", c.Response().Header().Get(echo.HeaderXRequestID))
+		return nil
+	}
+}

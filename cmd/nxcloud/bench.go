@@ -1,0 +1,474 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"os"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	mqtt "github.com/eclipse/paho.mqtt.golang"
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+
+	"github.com/nxcloud/nxcloud/ingest"
+	"github.com/nxcloud/nxcloud/tenants"
+)
+
+// benchConfig is what `nxcloud bench` measures.
+type benchConfig struct {
+	Devices     int
+	Rate        float64 // messages per second per device
+	Metrics     int     // metrics per message
+	QoS         int
+	Duration    time.Duration
+	Warmup      time.Duration
+	FloodConns  int
+	FloodFor    time.Duration
+	FloodPoints int // points per flood message
+	Out         string
+}
+
+// latencies collects publish→committed latencies of messages, in ms.
+type latencies struct {
+	mu sync.Mutex
+	on bool
+	v  []float32
+}
+
+func (l *latencies) add(committed time.Time, batch []ingest.Item) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !l.on {
+		return
+	}
+	for _, it := range batch {
+		if len(it.Points) > 0 {
+			l.v = append(l.v, float32(committed.Sub(it.Points[0].TS).Seconds()*1000))
+		}
+	}
+}
+
+func (l *latencies) collect(on bool) []float32 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.on = on
+	out := l.v
+	l.v = nil
+	return out
+}
+
+func pct(v []float32, p float64) float64 {
+	if len(v) == 0 {
+		return 0
+	}
+	i := int(p / 100 * float64(len(v)-1))
+	return float64(v[i])
+}
+
+func cmdBench(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var cfg config
+	bindConfig(fs, &cfg, getenv)
+	var bc benchConfig
+	fs.IntVar(&bc.Devices, "devices", 1000, "simulated devices, one MQTT connection each")
+	fs.Float64Var(&bc.Rate, "rate", 20, "messages per second per device")
+	fs.IntVar(&bc.Metrics, "metrics", 5, "metrics per message")
+	fs.IntVar(&bc.QoS, "qos", 1, "MQTT QoS (0 or 1)")
+	fs.DurationVar(&bc.Duration, "duration", 2*time.Minute, "sustained phase length (after warm-up)")
+	fs.DurationVar(&bc.Warmup, "warmup", 10*time.Second, "warm-up before measuring")
+	fs.IntVar(&bc.FloodConns, "flood-conns", 10, "connections of the flood phase (0 skips it)")
+	fs.DurationVar(&bc.FloodFor, "flood-duration", 20*time.Second, "flood phase length")
+	fs.IntVar(&bc.FloodPoints, "flood-points", 500, "points per flood message")
+	fs.StringVar(&bc.Out, "out", "", "also write the report to this file")
+	if err := fs.Parse(args); err != nil {
+		return errUsage
+	}
+	if bc.Metrics < 1 || bc.Devices < 1 || bc.Rate <= 0 || (bc.QoS != 0 && bc.QoS != 1) {
+		return fmt.Errorf("bench: need devices ≥ 1, rate > 0, metrics ≥ 1 and qos 0 or 1")
+	}
+	cfg.HTTPAddr, cfg.MQTTAddr, cfg.MQTTWSAddr = "127.0.0.1:0", "127.0.0.1:0", ""
+	if cfg.LogLevel == "info" {
+		cfg.LogLevel = "warn"
+	}
+	log, err := newLogger(stderr, cfg.LogLevel, cfg.LogFormat)
+	if err != nil {
+		return err
+	}
+	lat := &latencies{}
+	p, err := startPlatform(ctx, cfg, log, platformOptions{onCommit: lat.add})
+	if err != nil {
+		return err
+	}
+	defer p.shutdown()
+	say := func(f string, a ...any) { fmt.Fprintf(stderr, "bench: "+f+"\n", a...) }
+
+	// A tenant of its own, so the run neither sees nor disturbs other data.
+	slug := "bench-" + strconv.FormatInt(time.Now().Unix(), 36)
+	t, _, err := p.tenants.CreateEnterprise(ctx, tenants.EnterpriseInput{Slug: slug, Name: "nxcloud bench", Sector: "magnetic-materials"})
+	if err != nil {
+		return err
+	}
+	model, keys, err := benchModel(ctx, p, t.ID, bc.Metrics)
+	if err != nil {
+		return err
+	}
+	const secret = "bench-device-secret"
+	total := bc.Devices + bc.FloodConns
+	say("registering %d devices in tenant %s", total, slug)
+	devices := make([]string, total)
+	for i := range devices {
+		devices[i] = fmt.Sprintf("dev-%05d", i)
+		if _, _, err := p.tenants.RegisterDevice(ctx, t.ID, tenants.DeviceInput{Key: devices[i], Model: model, Secret: secret}); err != nil {
+			return err
+		}
+	}
+	_, port, _ := net.SplitHostPort(p.broker.TCPAddr())
+	brokerURL := "tcp://127.0.0.1:" + port
+	st := p.pipe.Stats()
+
+	// Phase 1: sustained load from many devices.
+	say("connecting %d devices (QoS %d, %.0f msg/s each, %d metrics a message)", bc.Devices, bc.QoS, bc.Rate, bc.Metrics)
+	clients, err := connectAll(ctx, brokerURL, slug, devices[:bc.Devices], secret)
+	if err != nil {
+		return err
+	}
+	var acked, failed atomic.Int64
+	runCtx, stopRun := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	interval := time.Duration(float64(time.Second) / bc.Rate)
+	for i, c := range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			publishLoop(runCtx, c, "v1/"+slug+"/"+devices[i]+"/telemetry", keys, byte(bc.QoS), interval, int64(i), &acked, &failed)
+		}()
+	}
+	say("warming up for %s", bc.Warmup)
+	sleepCtx(ctx, bc.Warmup)
+	lat.collect(true)
+	c0, a0, t0 := st.PointsCommitted.Load(), acked.Load(), time.Now()
+	say("measuring for %s", bc.Duration)
+	progress(ctx, stderr, bc.Duration, func() string {
+		return fmt.Sprintf("%d points committed so far, queue %d", st.PointsCommitted.Load()-c0, st.Queued.Load())
+	})
+	c1, a1, t1 := st.PointsCommitted.Load(), acked.Load(), time.Now()
+	lats := lat.collect(false)
+	stopRun()
+	wg.Wait()
+	say("draining")
+	drainWait(ctx, st)
+	for _, c := range clients {
+		c.Disconnect(100)
+	}
+	var stored int64
+	if err := p.sys.QueryRow(ctx, `SELECT count(*) FROM telemetry WHERE tenant_id = $1`, t.ID).Scan(&stored); err != nil {
+		return err
+	}
+	sustained := float64(c1-c0) / t1.Sub(t0).Seconds()
+	offered := float64(a1-a0) * float64(bc.Metrics) / t1.Sub(t0).Seconds()
+	slices.Sort(lats)
+	ackedPoints := acked.Load() * int64(bc.Metrics)
+
+	// Phase 2: a flood from a few connections, big messages, as fast as possible.
+	var floodRate float64
+	var floodPoints int64
+	if bc.FloodConns > 0 {
+		say("flood: %d connections, %d points a message, for %s", bc.FloodConns, bc.FloodPoints, bc.FloodFor)
+		fc, err := connectAll(ctx, brokerURL, slug, devices[bc.Devices:], secret)
+		if err != nil {
+			return err
+		}
+		fctx, stopFlood := context.WithCancel(ctx)
+		var fw sync.WaitGroup
+		var facked, ffailed atomic.Int64
+		for i, c := range fc {
+			fw.Add(1)
+			go func() {
+				defer fw.Done()
+				floodLoop(fctx, c, "v1/"+slug+"/"+devices[bc.Devices+i]+"/telemetry", keys, bc.FloodPoints, &facked, &ffailed)
+			}()
+		}
+		sleepCtx(ctx, 3*time.Second)
+		f0, ft0 := st.PointsCommitted.Load(), time.Now()
+		sleepCtx(ctx, bc.FloodFor)
+		f1, ft1 := st.PointsCommitted.Load(), time.Now()
+		stopFlood()
+		fw.Wait()
+		drainWait(ctx, st)
+		for _, c := range fc {
+			c.Disconnect(100)
+		}
+		floodPoints = f1 - f0
+		floodRate = float64(floodPoints) / ft1.Sub(ft0).Seconds()
+	}
+
+	// The limit: raw CopyFrom of the same rows into the same table, with as many
+	// connections as ingest has writers, batches of the same size, same run.
+	say("raw COPY limit: %d connections, batches of %d", cfg.IngestWriters, cfg.IngestBatch)
+	rawRate, err := rawCopyLimit(ctx, p, t.ID, bc.Metrics, cfg.IngestWriters, cfg.IngestBatch, 15*time.Second)
+	if err != nil {
+		return err
+	}
+
+	var b strings.Builder
+	fmt.Fprintf(&b, "nxcloud bench — %s, %d CPUs, GOMAXPROCS %d, storage %s\n", time.Now().UTC().Format(time.RFC3339), runtime.NumCPU(), runtime.GOMAXPROCS(0), p.flavor)
+	fmt.Fprintf(&b, "command: nxcloud bench %s\n", strings.Join(args, " "))
+	fmt.Fprintf(&b, "ingest: %d writers, batch %d points, flush %s\n\n", cfg.IngestWriters, cfg.IngestBatch, cfg.IngestFlush)
+	fmt.Fprintf(&b, "sustained: %d devices × %.0f msg/s × %d metrics, QoS %d, %s measured after %s warm-up\n",
+		bc.Devices, bc.Rate, bc.Metrics, bc.QoS, bc.Duration, bc.Warmup)
+	fmt.Fprintf(&b, "  offered (acknowledged by broker)  %10.0f points/s\n", offered)
+	fmt.Fprintf(&b, "  committed end-to-end              %10.0f points/s\n", sustained)
+	fmt.Fprintf(&b, "  publish→committed latency         p50 %.1f ms  p90 %.1f ms  p99 %.1f ms  max %.1f ms  (%d messages)\n",
+		pct(lats, 50), pct(lats, 90), pct(lats, 99), pct(lats, 100), len(lats))
+	fmt.Fprintf(&b, "  loss: %d points acknowledged, %d stored for the tenant before the flood, %d publishes failed\n",
+		ackedPoints, stored, failed.Load())
+	if bc.FloodConns > 0 {
+		fmt.Fprintf(&b, "flood: %d connections × %d points a message\n", bc.FloodConns, bc.FloodPoints)
+		fmt.Fprintf(&b, "  committed end-to-end              %10.0f points/s\n", floodRate)
+	}
+	fmt.Fprintf(&b, "raw COPY limit (same rows, same table, %d connections)  %10.0f points/s\n", cfg.IngestWriters, rawRate)
+	if rawRate > 0 {
+		fmt.Fprintf(&b, "ratios to raw COPY: sustained %.2f", sustained/rawRate)
+		if bc.FloodConns > 0 {
+			fmt.Fprintf(&b, ", flood %.2f", floodRate/rawRate)
+		}
+		b.WriteString("\n")
+	}
+	fmt.Fprint(stdout, b.String())
+	if bc.Out != "" {
+		if err := os.WriteFile(bc.Out, []byte(b.String()), 0o644); err != nil {
+			return err
+		}
+	}
+	say("removing the bench tenant's telemetry")
+	_, err = p.sys.Exec(ctx, `DELETE FROM telemetry WHERE tenant_id = $1`, t.ID)
+	return err
+}
+
+// benchModel picks a device model with at least n metrics.
+func benchModel(ctx context.Context, p *platform, tenant uuid.UUID, n int) (string, []string, error) {
+	models, err := p.tenants.Models(tenants.WithTenant(ctx, tenant))
+	if err != nil {
+		return "", nil, err
+	}
+	for _, m := range models {
+		if len(m.Metrics) >= n {
+			keys := make([]string, n)
+			for i := range keys {
+				keys[i] = m.Metrics[i].Key
+			}
+			return m.Key, keys, nil
+		}
+	}
+	return "", nil, fmt.Errorf("no device model of the sector has %d metrics", n)
+}
+
+func connectAll(ctx context.Context, brokerURL, slug string, keys []string, secret string) ([]mqtt.Client, error) {
+	clients := make([]mqtt.Client, len(keys))
+	sem := make(chan struct{}, 64)
+	var wg sync.WaitGroup
+	var firstErr atomic.Value
+	for i, k := range keys {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			user := tenants.MQTTUsername(k, slug)
+			opts := mqtt.NewClientOptions().AddBroker(brokerURL).SetClientID(user).SetUsername(user).SetPassword(secret).
+				SetCleanSession(true).SetAutoReconnect(false).SetKeepAlive(60 * time.Second).SetMaxResumePubInFlight(1000).
+				SetWriteTimeout(30 * time.Second).SetOrderMatters(false)
+			c := mqtt.NewClient(opts)
+			tok := c.Connect()
+			if !tok.WaitTimeout(30*time.Second) || tok.Error() != nil {
+				firstErr.CompareAndSwap(nil, fmt.Errorf("bench device %s could not connect: %v", k, tok.Error()))
+				return
+			}
+			clients[i] = c
+		}()
+	}
+	wg.Wait()
+	if err, _ := firstErr.Load().(error); err != nil {
+		return nil, err
+	}
+	return clients, ctx.Err()
+}
+
+func publishLoop(ctx context.Context, c mqtt.Client, topic string, keys []string, qos byte, every time.Duration, seed int64,
+	acked, failed *atomic.Int64) {
+	rng := rand.New(rand.NewPCG(uint64(seed), 7))
+	select {
+	case <-ctx.Done():
+		return
+	case <-time.After(time.Duration(rng.Int64N(int64(every)))):
+	}
+	tick := time.NewTicker(every)
+	defer tick.Stop()
+	buf := make([]byte, 0, 256)
+	for {
+		buf = buf[:0]
+		buf = append(buf, `{"ts":`...)
+		buf = strconv.AppendInt(buf, time.Now().UnixMilli(), 10)
+		buf = append(buf, `,"metrics":{`...)
+		for i, k := range keys {
+			if i > 0 {
+				buf = append(buf, ',')
+			}
+			buf = append(buf, '"')
+			buf = append(buf, k...)
+			buf = append(buf, `":`...)
+			buf = strconv.AppendFloat(buf, float64(rng.IntN(1000))/10, 'f', -1, 64)
+		}
+		buf = append(buf, `}}`...)
+		tok := c.Publish(topic, qos, false, append([]byte(nil), buf...))
+		go func() {
+			if tok.WaitTimeout(time.Minute) && tok.Error() == nil {
+				acked.Add(1)
+			} else {
+				failed.Add(1)
+			}
+		}()
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+// floodLoop publishes arrays of n points as fast as the broker acknowledges,
+// with up to 16 messages in flight.
+func floodLoop(ctx context.Context, c mqtt.Client, topic string, keys []string, n int, acked, failed *atomic.Int64) {
+	inflight := make(chan struct{}, 16)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for ctx.Err() == nil {
+		per := max(1, n/len(keys))
+		buf := make([]byte, 0, n*40)
+		buf = append(buf, '[')
+		now := time.Now()
+		for j := 0; j < per; j++ {
+			if j > 0 {
+				buf = append(buf, ',')
+			}
+			buf = append(buf, `{"ts":`...)
+			buf = strconv.AppendInt(buf, now.Add(-time.Duration(per-j)*time.Millisecond).UnixMilli(), 10)
+			buf = append(buf, `,"metrics":{`...)
+			for i, k := range keys {
+				if i > 0 {
+					buf = append(buf, ',')
+				}
+				buf = append(buf, '"')
+				buf = append(buf, k...)
+				buf = append(buf, `":`...)
+				buf = strconv.AppendInt(buf, int64(j%100), 10)
+			}
+			buf = append(buf, `}}`...)
+		}
+		buf = append(buf, ']')
+		select {
+		case inflight <- struct{}{}:
+		case <-ctx.Done():
+			return
+		}
+		tok := c.Publish(topic, 1, false, buf)
+		wg.Add(1)
+		go func() {
+			defer func() { <-inflight; wg.Done() }()
+			if tok.WaitTimeout(time.Minute) && tok.Error() == nil {
+				acked.Add(1)
+			} else {
+				failed.Add(1)
+			}
+		}()
+	}
+}
+
+// rawCopyLimit measures CopyFrom of telemetry rows shaped like ingest's,
+// with conns connections in batches of batch rows, for d.
+func rawCopyLimit(ctx context.Context, p *platform, tenant uuid.UUID, metrics, conns, batch int, d time.Duration) (float64, error) {
+	var ids []int32
+	rows, err := p.sys.Query(ctx, `SELECT id FROM metrics WHERE tenant_id = $1 ORDER BY id LIMIT $2`, tenant, metrics)
+	if err != nil {
+		return 0, err
+	}
+	ids, err = pgx.CollectRows(rows, pgx.RowTo[int32])
+	if err != nil {
+		return 0, err
+	}
+	var devs []uuid.UUID
+	rows, err = p.sys.Query(ctx, `SELECT id FROM devices WHERE tenant_id = $1 ORDER BY key`, tenant)
+	if err != nil {
+		return 0, err
+	}
+	if devs, err = pgx.CollectRows(rows, pgx.RowTo[uuid.UUID]); err != nil {
+		return 0, err
+	}
+	var written atomic.Int64
+	deadline := time.Now().Add(d)
+	var wg sync.WaitGroup
+	errs := make(chan error, conns)
+	start := time.Now()
+	for w := 0; w < conns; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			data := make([][]any, batch)
+			base := time.Now().Add(-time.Hour)
+			for n := 0; time.Now().Before(deadline); n++ {
+				for i := range data {
+					k := n*batch + i
+					data[i] = []any{base.Add(time.Duration(k) * time.Microsecond), tenant, devs[(k/metrics)%len(devs)], ids[k%len(ids)], float64(k % 1000)}
+				}
+				err := pgx.BeginFunc(ctx, p.sys, func(tx pgx.Tx) error {
+					_, err := tx.CopyFrom(ctx, pgx.Identifier{"telemetry"}, []string{"ts", "tenant_id", "device_id", "metric_id", "value"}, pgx.CopyFromRows(data))
+					return err
+				})
+				if err != nil {
+					errs <- err
+					return
+				}
+				written.Add(int64(batch))
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	if err := <-errs; err != nil {
+		return 0, err
+	}
+	return float64(written.Load()) / time.Since(start).Seconds(), nil
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) {
+	select {
+	case <-ctx.Done():
+	case <-time.After(d):
+	}
+}
+
+// progress sleeps for d, printing a line every 10 s.
+func progress(ctx context.Context, w io.Writer, d time.Duration, line func() string) {
+	end := time.Now().Add(d)
+	for time.Now().Before(end) && ctx.Err() == nil {
+		sleepCtx(ctx, min(10*time.Second, time.Until(end)))
+		fmt.Fprintf(w, "bench: %s left — %s\n", time.Until(end).Round(time.Second), line())
+	}
+}
+
+// drainWait waits until ingest has committed everything queued.
+func drainWait(ctx context.Context, st *ingest.Stats) {
+	for i := 0; i < 600 && ctx.Err() == nil && st.Queued.Load() > 0; i++ {
+		sleepCtx(ctx, 100*time.Millisecond)
+	}
+}

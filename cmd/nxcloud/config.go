@@ -1,0 +1,132 @@
+package main
+
+import (
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// config is every setting of the serve path. Each field has a flag and an
+// NXCLOUD_* environment variable; flags win over the environment.
+type config struct {
+	DatabaseURL    string
+	AppDatabaseURL string
+	RedisURL       string
+	HTTPAddr       string
+	MQTTAddr       string
+	MQTTWSAddr     string
+	OperatorToken  string
+	Timescale      string
+	TrustedProxies string
+	LogLevel       string
+	LogFormat      string
+
+	IngestWriters    int
+	IngestBatch      int
+	IngestFlush      time.Duration
+	IngestQueue      int
+	MaxPacket        int
+	AuthCacheTTL     time.Duration
+	MaintainEvery    time.Duration
+	ShutdownTimeout  time.Duration
+	NoMigrate        bool
+	PublicHost       string
+	RetentionDays    int
+	MQTTConnectLimit time.Duration
+}
+
+// env maps flag names to environment variables: database-url → NXCLOUD_DATABASE_URL.
+func envName(flagName string) string {
+	return "NXCLOUD_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+}
+
+// bindConfig defines the flags of c on fs, with defaults taken from the
+// environment when set.
+func bindConfig(fs *flag.FlagSet, c *config, getenv func(string) string) {
+	str := func(p *string, name, def, help string) {
+		if v := getenv(envName(name)); v != "" {
+			def = v
+		}
+		fs.StringVar(p, name, def, help+" ("+envName(name)+")")
+	}
+	integer := func(p *int, name string, def int, help string) {
+		if v, err := strconv.Atoi(getenv(envName(name))); err == nil {
+			def = v
+		}
+		fs.IntVar(p, name, def, help+" ("+envName(name)+")")
+	}
+	dur := func(p *time.Duration, name string, def time.Duration, help string) {
+		if v, err := time.ParseDuration(getenv(envName(name))); err == nil {
+			def = v
+		}
+		fs.DurationVar(p, name, def, help+" ("+envName(name)+")")
+	}
+	str(&c.DatabaseURL, "database-url", "postgres://nxcloud@127.0.0.1:55432/nxcloud?sslmode=disable",
+		"PostgreSQL URL of the schema owner (migrations, ingest, background jobs); needs BYPASSRLS or superuser")
+	str(&c.AppDatabaseURL, "app-database-url", "",
+		"PostgreSQL URL for tenant requests, as a role under row-level security (default: database-url with user nxcloud_app)")
+	str(&c.RedisURL, "redis-url", "redis://127.0.0.1:56379/0", "Redis URL for hot state")
+	str(&c.HTTPAddr, "http-addr", ":8080", "HTTP API listen address")
+	str(&c.MQTTAddr, "mqtt-addr", ":1883", "MQTT TCP listen address (empty disables)")
+	str(&c.MQTTWSAddr, "mqtt-ws-addr", ":8083", "MQTT over WebSocket listen address (empty disables)")
+	str(&c.OperatorToken, "operator-token", "", "bearer token of the operator API (empty disables it)")
+	str(&c.Timescale, "timescaledb", "auto", "use TimescaleDB: auto, on or off (chosen once, when the database is first migrated)")
+	str(&c.TrustedProxies, "trusted-proxies", "", "comma-separated CIDRs of reverse proxies whose X-Forwarded-For is trusted")
+	str(&c.LogLevel, "log-level", "info", "log level: debug, info, warn, error")
+	str(&c.LogFormat, "log-format", "text", "log format: text or json")
+	str(&c.PublicHost, "public-host", "localhost", "host name printed in URLs")
+	integer(&c.IngestWriters, "ingest-writers", 3, "concurrent ingest writers (database connections)")
+	integer(&c.IngestBatch, "ingest-batch", 10000, "points per ingest batch")
+	dur(&c.IngestFlush, "ingest-flush", 50*time.Millisecond, "longest wait for an ingest batch to fill")
+	integer(&c.IngestQueue, "ingest-queue", 500000, "points accepted but not yet committed before back-pressure")
+	integer(&c.MaxPacket, "mqtt-max-packet", 2<<20, "largest MQTT packet in bytes")
+	dur(&c.AuthCacheTTL, "auth-cache-ttl", 3*time.Second, "how long credential checks are cached (a disabled device is refused within it)")
+	dur(&c.MaintainEvery, "maintain-every", 30*time.Second, "interval of storage maintenance (partitions, rollups) without TimescaleDB")
+	dur(&c.ShutdownTimeout, "shutdown-timeout", 30*time.Second, "how long shutdown may take to flush ingest")
+	integer(&c.RetentionDays, "retention-days", 400, "days of raw telemetry kept (plain PostgreSQL; TimescaleDB uses its policy)")
+	dur(&c.MQTTConnectLimit, "mqtt-connect-timeout", 10*time.Second, "close sockets that send no CONNECT within this")
+	nm := getenv(envName("no-migrate")) == "true"
+	fs.BoolVar(&c.NoMigrate, "no-migrate", nm, "do not apply migrations on start ("+envName("no-migrate")+")")
+}
+
+// appURL derives the URL of the row-level-security role from the owner's URL.
+func (c *config) appURL() (string, error) {
+	if c.AppDatabaseURL != "" {
+		return c.AppDatabaseURL, nil
+	}
+	u, err := url.Parse(c.DatabaseURL)
+	if err != nil || u.Scheme == "" {
+		return "", fmt.Errorf("database URL %q is not a URL such as postgres://user@host:5432/db", redact(c.DatabaseURL))
+	}
+	u.User = url.User("nxcloud_app")
+	return u.String(), nil
+}
+
+// redact hides a URL's password.
+func redact(s string) string {
+	u, err := url.Parse(s)
+	if err != nil {
+		return "(unparsable URL)"
+	}
+	return u.Redacted()
+}
+
+func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("log level %q: want debug, info, warn or error", level)
+	}
+	opts := &slog.HandlerOptions{Level: l}
+	switch format {
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	case "text", "":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	}
+	return nil, fmt.Errorf("log format %q: want text or json", format)
+}

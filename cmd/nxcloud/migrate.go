@@ -1,0 +1,103 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"text/tabwriter"
+
+	"github.com/nxcloud/nxcloud/migrations"
+	"github.com/nxcloud/nxcloud/tenants"
+)
+
+func cmdMigrate(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("migrate", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var cfg config
+	bindConfig(fs, &cfg, getenv)
+	status := fs.Bool("status", false, "list migrations and whether each is applied, then exit")
+	if err := fs.Parse(args); err != nil {
+		return errUsage
+	}
+	log, err := newLogger(stderr, cfg.LogLevel, cfg.LogFormat)
+	if err != nil {
+		return err
+	}
+	pool, err := openPool(ctx, cfg.DatabaseURL, 2)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	if !*status {
+		flavor, err := migrations.Up(ctx, pool, migrations.Options{Timescale: cfg.Timescale, Logger: log})
+		if err != nil {
+			return err
+		}
+		templates, err := tenants.Templates()
+		if err != nil {
+			return err
+		}
+		if err := tenants.NewService(tenants.DB{System: pool}, templates, 0).LoadSectors(ctx); err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "database is up to date (storage: %s)\n", flavor)
+	}
+	list, err := migrations.List(ctx, pool)
+	if err != nil {
+		return err
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "VERSION\tNAME\tFLAVOR\tAPPLIED")
+	for _, m := range list {
+		applied := "pending"
+		if m.AppliedAt != nil {
+			applied = m.AppliedAt.UTC().Format("2006-01-02 15:04:05Z")
+		}
+		fmt.Fprintf(tw, "%04d\t%s\t%s\t%s\n", m.Version, m.Name, m.Flavor, applied)
+	}
+	return tw.Flush()
+}
+
+func cmdTenant(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	if len(args) == 0 || args[0] != "create" {
+		fmt.Fprintln(stderr, "usage: nxcloud tenant create --sector magnetic-materials --slug acme-magnets --name 'Acme Magnets Co.'")
+		return errUsage
+	}
+	fs := flag.NewFlagSet("tenant create", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var cfg config
+	bindConfig(fs, &cfg, getenv)
+	sector := fs.String("sector", "", "sector template id (e.g. magnetic-materials)")
+	slug := fs.String("slug", "", "tenant slug: lower-case letters, digits, '-' (used in MQTT topics)")
+	name := fs.String("name", "", "enterprise name")
+	if err := fs.Parse(args[1:]); err != nil {
+		return errUsage
+	}
+	pool, err := openPool(ctx, cfg.DatabaseURL, 2)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	log, err := newLogger(stderr, cfg.LogLevel, cfg.LogFormat)
+	if err != nil {
+		return err
+	}
+	if _, err := migrations.Up(ctx, pool, migrations.Options{Timescale: cfg.Timescale, Logger: log}); err != nil {
+		return err
+	}
+	templates, err := tenants.Templates()
+	if err != nil {
+		return err
+	}
+	svc := tenants.NewService(tenants.DB{System: pool}, templates, 0)
+	if err := svc.LoadSectors(ctx); err != nil {
+		return err
+	}
+	t, key, err := svc.CreateEnterprise(ctx, tenants.EnterpriseInput{Slug: *slug, Name: *name, Sector: *sector})
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "created enterprise %s (%s) in sector %s, id %s\nAPI key (shown once): %s\n", t.Name, t.Slug, t.SectorID, t.ID, key)
+	return nil
+}

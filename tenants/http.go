@@ -1,0 +1,195 @@
+package tenants
+
+import (
+	"context"
+	"net/http"
+
+	"github.com/google/uuid"
+	"github.com/labstack/echo/v4"
+
+	"github.com/nxcloud/nxcloud/apps"
+)
+
+// Handler serves the tenant registry: the operator's onboarding API and a
+// tenant's view of itself.
+type Handler struct{ svc *Service }
+
+// NewHandler returns a Handler on svc.
+func NewHandler(svc *Service) *Handler { return &Handler{svc: svc} }
+
+// RegisterOperator adds the operator routes to g.
+func (h *Handler) RegisterOperator(g *echo.Group) {
+	g.GET("/sectors", h.sectors)
+	g.GET("/enterprises", h.enterprises)
+	g.POST("/enterprises", h.createEnterprise)
+	g.GET("/enterprises/:tenant", h.enterprise)
+	g.POST("/enterprises/:tenant/lines", h.createLine)
+	g.POST("/enterprises/:tenant/devices", h.registerDevice)
+	g.PATCH("/enterprises/:tenant/devices/:device", h.setDeviceStatus)
+	g.POST("/enterprises/:tenant/devices/:device/rotate-secret", h.rotateSecret)
+}
+
+// RegisterTenant adds the tenant routes to g.
+func (h *Handler) RegisterTenant(g *echo.Group) {
+	g.GET("/tenant", h.current)
+	g.GET("/models", h.models)
+	g.GET("/lines", h.lines)
+}
+
+func (h *Handler) sectors(c echo.Context) error {
+	out, err := h.svc.Sectors(c.Request().Context())
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, map[string]any{"items": out})
+}
+
+func (h *Handler) enterprises(c echo.Context) error {
+	out, err := h.svc.Enterprises(c.Request().Context())
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, map[string]any{"items": out})
+}
+
+func (h *Handler) enterprise(c echo.Context) error {
+	t, err := h.svc.EnterpriseBySlug(c.Request().Context(), c.Param("tenant"))
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, t)
+}
+
+func (h *Handler) createEnterprise(c echo.Context) error {
+	var in EnterpriseInput
+	if err := apps.Bind(c.Request().Body, &in); err != nil {
+		return err
+	}
+	t, key, err := h.svc.CreateEnterprise(c.Request().Context(), in)
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusCreated, map[string]any{"enterprise": t, "api_key": key})
+}
+
+// tenantParam resolves the :tenant path parameter (slug or id).
+func (h *Handler) tenantParam(ctx context.Context, c echo.Context) (uuid.UUID, error) {
+	ref := c.Param("tenant")
+	if id, err := uuid.Parse(ref); err == nil {
+		var exists bool
+		if err := h.svc.db.System.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM tenants WHERE id = $1)`, id).Scan(&exists); err != nil {
+			return uuid.Nil, err
+		}
+		if !exists {
+			return uuid.Nil, apps.Errorf(apps.NotFound, "enterprise not found")
+		}
+		return id, nil
+	}
+	t, err := h.svc.EnterpriseBySlug(ctx, ref)
+	return t.ID, err
+}
+
+func (h *Handler) createLine(c echo.Context) error {
+	ctx := c.Request().Context()
+	tenant, err := h.tenantParam(ctx, c)
+	if err != nil {
+		return err
+	}
+	var in LineInput
+	if err := apps.Bind(c.Request().Body, &in); err != nil {
+		return err
+	}
+	l, err := h.svc.CreateLine(ctx, tenant, in)
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusCreated, l)
+}
+
+// deviceCreated is a device with its credentials, shown once.
+type deviceCreated struct {
+	Device   Device `json:"device"`
+	Username string `json:"mqtt_username"`
+	Secret   string `json:"secret"`
+}
+
+func (h *Handler) registerDevice(c echo.Context) error {
+	ctx := c.Request().Context()
+	tenant, err := h.tenantParam(ctx, c)
+	if err != nil {
+		return err
+	}
+	var in DeviceInput
+	if err := apps.Bind(c.Request().Body, &in); err != nil {
+		return err
+	}
+	d, secret, err := h.svc.RegisterDevice(ctx, tenant, in)
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusCreated, deviceCreated{Device: d, Username: h.username(ctx, d), Secret: secret})
+}
+
+func (h *Handler) username(ctx context.Context, d Device) string {
+	var slug string
+	_ = h.svc.db.System.QueryRow(ctx, `SELECT slug FROM tenants WHERE id = $1`, d.TenantID).Scan(&slug)
+	return MQTTUsername(d.Key, slug)
+}
+
+type statusInput struct {
+	Status string `json:"status"`
+}
+
+func (h *Handler) setDeviceStatus(c echo.Context) error {
+	ctx := c.Request().Context()
+	tenant, err := h.tenantParam(ctx, c)
+	if err != nil {
+		return err
+	}
+	var in statusInput
+	if err := apps.Bind(c.Request().Body, &in); err != nil {
+		return err
+	}
+	d, err := h.svc.SetDeviceStatus(ctx, tenant, c.Param("device"), in.Status)
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, d)
+}
+
+func (h *Handler) rotateSecret(c echo.Context) error {
+	ctx := c.Request().Context()
+	tenant, err := h.tenantParam(ctx, c)
+	if err != nil {
+		return err
+	}
+	d, secret, err := h.svc.RotateSecret(ctx, tenant, c.Param("device"))
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, deviceCreated{Device: d, Username: h.username(ctx, d), Secret: secret})
+}
+
+func (h *Handler) current(c echo.Context) error {
+	t, err := h.svc.Current(c.Request().Context())
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, t)
+}
+
+func (h *Handler) models(c echo.Context) error {
+	out, err := h.svc.Models(c.Request().Context())
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, map[string]any{"items": out})
+}
+
+func (h *Handler) lines(c echo.Context) error {
+	out, err := h.svc.Lines(c.Request().Context())
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, map[string]any{"items": out})
+}
