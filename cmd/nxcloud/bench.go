@@ -19,6 +19,7 @@ import (
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgtype"
 
 	"github.com/nxcloud/nxcloud/ingest"
 	"github.com/nxcloud/nxcloud/tenants"
@@ -166,6 +167,7 @@ func cmdBench(ctx context.Context, args []string, getenv func(string) string, st
 	lats := lat.collect(false)
 	stopRun()
 	wg.Wait()
+	sleepCtx(ctx, 2*time.Second) // let the last PUBACKs arrive
 	say("draining")
 	drainWait(ctx, st)
 	for _, c := range clients {
@@ -231,8 +233,8 @@ func cmdBench(ctx context.Context, args []string, getenv func(string) string, st
 	fmt.Fprintf(&b, "  committed end-to-end              %10.0f points/s\n", sustained)
 	fmt.Fprintf(&b, "  publish→committed latency         p50 %.1f ms  p90 %.1f ms  p99 %.1f ms  max %.1f ms  (%d messages)\n",
 		pct(lats, 50), pct(lats, 90), pct(lats, 99), pct(lats, 100), len(lats))
-	fmt.Fprintf(&b, "  loss: %d points acknowledged, %d stored for the tenant before the flood, %d publishes failed\n",
-		ackedPoints, stored, failed.Load())
+	fmt.Fprintf(&b, "  loss: %d points acknowledged by the broker, %d stored, %d rejected, %d publishes failed → %d lost\n",
+		ackedPoints, stored, st.PointsRejected.Load(), failed.Load(), ackedPoints-stored)
 	if bc.FloodConns > 0 {
 		fmt.Fprintf(&b, "flood: %d connections × %d points a message\n", bc.FloodConns, bc.FloodPoints)
 		fmt.Fprintf(&b, "  committed end-to-end              %10.0f points/s\n", floodRate)
@@ -256,17 +258,32 @@ func cmdBench(ctx context.Context, args []string, getenv func(string) string, st
 	return err
 }
 
+// benchMetric is a metric the bench sends, with a value range inside its
+// valid range.
+type benchMetric struct {
+	key    string
+	lo, hi float64
+}
+
 // benchModel picks a device model with at least n metrics.
-func benchModel(ctx context.Context, p *platform, tenant uuid.UUID, n int) (string, []string, error) {
+func benchModel(ctx context.Context, p *platform, tenant uuid.UUID, n int) (string, []benchMetric, error) {
 	models, err := p.tenants.Models(tenants.WithTenant(ctx, tenant))
 	if err != nil {
 		return "", nil, err
 	}
 	for _, m := range models {
 		if len(m.Metrics) >= n {
-			keys := make([]string, n)
+			keys := make([]benchMetric, n)
 			for i := range keys {
-				keys[i] = m.Metrics[i].Key
+				x := m.Metrics[i]
+				lo, hi := 0.0, 100.0
+				if x.Min != nil {
+					lo = *x.Min
+				}
+				if x.Max != nil {
+					hi = *x.Max
+				}
+				keys[i] = benchMetric{key: x.Key, lo: lo + (hi-lo)*0.25, hi: lo + (hi-lo)*0.75}
 			}
 			return m.Key, keys, nil
 		}
@@ -304,7 +321,7 @@ func connectAll(ctx context.Context, brokerURL, slug string, keys []string, secr
 	return clients, ctx.Err()
 }
 
-func publishLoop(ctx context.Context, c mqtt.Client, topic string, keys []string, qos byte, every time.Duration, seed int64,
+func publishLoop(ctx context.Context, c mqtt.Client, topic string, keys []benchMetric, qos byte, every time.Duration, seed int64,
 	acked, failed *atomic.Int64) {
 	rng := rand.New(rand.NewPCG(uint64(seed), 7))
 	select {
@@ -325,9 +342,9 @@ func publishLoop(ctx context.Context, c mqtt.Client, topic string, keys []string
 				buf = append(buf, ',')
 			}
 			buf = append(buf, '"')
-			buf = append(buf, k...)
+			buf = append(buf, k.key...)
 			buf = append(buf, `":`...)
-			buf = strconv.AppendFloat(buf, float64(rng.IntN(1000))/10, 'f', -1, 64)
+			buf = strconv.AppendFloat(buf, round(k.lo+(k.hi-k.lo)*rng.Float64(), 3), 'f', -1, 64)
 		}
 		buf = append(buf, `}}`...)
 		tok := c.Publish(topic, qos, false, append([]byte(nil), buf...))
@@ -348,7 +365,7 @@ func publishLoop(ctx context.Context, c mqtt.Client, topic string, keys []string
 
 // floodLoop publishes arrays of n points as fast as the broker acknowledges,
 // with up to 16 messages in flight.
-func floodLoop(ctx context.Context, c mqtt.Client, topic string, keys []string, n int, acked, failed *atomic.Int64) {
+func floodLoop(ctx context.Context, c mqtt.Client, topic string, keys []benchMetric, n int, acked, failed *atomic.Int64) {
 	inflight := make(chan struct{}, 16)
 	var wg sync.WaitGroup
 	defer wg.Wait()
@@ -369,9 +386,9 @@ func floodLoop(ctx context.Context, c mqtt.Client, topic string, keys []string, 
 					buf = append(buf, ',')
 				}
 				buf = append(buf, '"')
-				buf = append(buf, k...)
+				buf = append(buf, k.key...)
 				buf = append(buf, `":`...)
-				buf = strconv.AppendInt(buf, int64(j%100), 10)
+				buf = strconv.AppendFloat(buf, round(k.lo+(k.hi-k.lo)*float64(j%100)/100, 3), 'f', -1, 64)
 			}
 			buf = append(buf, `}}`...)
 		}
@@ -414,6 +431,12 @@ func rawCopyLimit(ctx context.Context, p *platform, tenant uuid.UUID, metrics, c
 	if devs, err = pgx.CollectRows(rows, pgx.RowTo[uuid.UUID]); err != nil {
 		return 0, err
 	}
+	// The same encoding as ingest's writers (pgtype.UUID).
+	pgTenant := pgtype.UUID{Bytes: tenant, Valid: true}
+	pgDevs := make([]pgtype.UUID, len(devs))
+	for i, d := range devs {
+		pgDevs[i] = pgtype.UUID{Bytes: d, Valid: true}
+	}
 	var written atomic.Int64
 	deadline := time.Now().Add(d)
 	var wg sync.WaitGroup
@@ -428,7 +451,7 @@ func rawCopyLimit(ctx context.Context, p *platform, tenant uuid.UUID, metrics, c
 			for n := 0; time.Now().Before(deadline); n++ {
 				for i := range data {
 					k := n*batch + i
-					data[i] = []any{base.Add(time.Duration(k) * time.Microsecond), tenant, devs[(k/metrics)%len(devs)], ids[k%len(ids)], float64(k % 1000)}
+					data[i] = []any{base.Add(time.Duration(k) * time.Microsecond), pgTenant, pgDevs[(k/metrics)%len(devs)], ids[k%len(ids)], float64(k % 1000)}
 				}
 				err := pgx.BeginFunc(ctx, p.sys, func(tx pgx.Tx) error {
 					_, err := tx.CopyFrom(ctx, pgx.Identifier{"telemetry"}, []string{"ts", "tenant_id", "device_id", "metric_id", "value"}, pgx.CopyFromRows(data))
