@@ -305,9 +305,10 @@ func (b *Broker) Publish(topic string, payload []byte, retain bool, qos byte) er
 	if qos > 2 {
 		return apps.FieldError("qos", "qos must be 0, 1 or 2")
 	}
-	// mochi queues the packet for each subscriber without copying the
-	// payload; the caller may reuse its buffer once we return.
-	return b.server.Publish(topic, append([]byte(nil), payload...), retain, qos)
+	// mochi copies the packet, payload included, for each subscriber and for
+	// the retained store before returning (server.go publishToClient,
+	// retainMessage), so the caller may reuse payload afterwards.
+	return b.server.Publish(topic, payload, retain, qos)
 }
 
 // Close stops accepting connections, disconnects every client and waits for

@@ -85,9 +85,10 @@ func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	return code
 }
 
-// connackCode translates a refusal for 3.1.1 clients, whose CONNACK has only
-// codes 1-5, through mochi's V5CodesToV3 table (packets/codes.go), which maps
-// a code it does not know to itself, an invalid 3.1.1 return code.
+// connackCode picks the MQTT 5 code whose translation by mochi's V5CodesToV3
+// table (packets/codes.go) gives a 3.1.1 client the intended return code 1-5;
+// SendConnack sends a code missing from that table unchanged, which 3.1.1
+// does not define.
 func connackCode(version byte, c packets.Code) packets.Code {
 	if version == 5 {
 		return c
@@ -264,7 +265,9 @@ func (h *hook) OnWillSent(cl *mqtt.Client, pk packets.Packet) {
 	if err != nil || t.Tenant != id.TenantSlug || t.Device != id.DeviceKey || t.Kind == KindCmd {
 		return
 	}
-	m := Message{Identity: id, Topic: t, Payload: pk.Payload, QoS: pk.FixedHeader.Qos, Received: time.Now()}
+	// The payload is still referenced by the client's Will; the Sink owns its copy.
+	payload := append([]byte(nil), pk.Payload...)
+	m := Message{Identity: id, Topic: t, Payload: payload, QoS: pk.FixedHeader.Qos, Received: time.Now()}
 	if err := h.sink.Handle(h.b.sinkCtx, m); err != nil {
 		h.rejected.Add(1)
 		return

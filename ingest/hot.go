@@ -153,7 +153,9 @@ func (h *Hot) flush() {
 }
 
 // LatestKey is the Redis hash of a device's latest values.
-func LatestKey(tenant, device uuid.UUID) string { return "nx:" + tenant.String() + ":latest:" + device.String() }
+func LatestKey(tenant, device uuid.UUID) string {
+	return "nx:" + tenant.String() + ":latest:" + device.String()
+}
 
 // SeenKey is the Redis sorted set of a tenant's devices by last message time.
 func SeenKey(tenant uuid.UUID) string { return "nx:" + tenant.String() + ":seen" }
