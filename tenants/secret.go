@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/base64"
+	"encoding/hex"
 	"strings"
 
 	"github.com/nxcloud/nxcloud/apps"
@@ -23,6 +24,12 @@ func NewSecret() string {
 		panic("crypto/rand failed: " + err.Error()) // the OS RNG never fails on Linux
 	}
 	return base64.RawURLEncoding.EncodeToString(b)
+}
+
+// newPrefix returns the public part of an API key: hex, so it never holds the
+// '_' that separates it from the secret.
+func newPrefix() string {
+	return hex.EncodeToString(newSalt()[:5])
 }
 
 func newSalt() []byte {

@@ -161,7 +161,7 @@ func instantiate(ctx context.Context, tx pgx.Tx, tenant uuid.UUID, tpl *Template
 // createAPIKey stores an API key; prefix and secret are generated when empty.
 func createAPIKey(ctx context.Context, q Querier, tenant uuid.UUID, name, prefix, secret string) (string, error) {
 	if prefix == "" {
-		prefix = NewSecret()[:10]
+		prefix = newPrefix()
 	}
 	if secret == "" {
 		secret = NewSecret()

@@ -130,3 +130,9 @@ func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {
 	}
 	return nil, fmt.Errorf("log format %q: want text or json", format)
 }
+
+func newFlagSet() *flag.FlagSet {
+	fs := flag.NewFlagSet("nxcloud", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	return fs
+}
