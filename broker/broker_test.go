@@ -311,7 +311,10 @@ func TestDisabledDeviceIsDisconnected(t *testing.T) {
 func TestPresence(t *testing.T) {
 	e := start(t, nil)
 	a := e.mustDial(t, acme1)
+	// The callback runs once the session is established, after the CONNACK.
+	eventually(t, "a's connect", func() bool { return len(e.presence.snapshot()) == 1 })
 	b := e.mustDial(t, glob1)
+	eventually(t, "b's connect", func() bool { return len(e.presence.snapshot()) == 2 })
 	a.Disconnect(50)
 	eventually(t, "a's disconnect", func() bool { return len(e.presence.snapshot()) == 3 })
 	b.Disconnect(50)
