@@ -80,7 +80,9 @@ func cmdBench(ctx context.Context, args []string, getenv func(string) string, st
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var cfg config
-	bindConfig(fs, &cfg, getenv)
+	if err := bindConfig(fs, &cfg, getenv); err != nil {
+		return err
+	}
 	var bc benchConfig
 	fs.IntVar(&bc.Devices, "devices", 1000, "simulated devices, one MQTT connection each")
 	fs.Float64Var(&bc.Rate, "rate", 20, "messages per second per device")

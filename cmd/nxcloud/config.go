@@ -46,8 +46,9 @@ func envName(flagName string) string {
 }
 
 // bindConfig defines the flags of c on fs, with defaults taken from the
-// environment when set.
-func bindConfig(fs *flag.FlagSet, c *config, getenv func(string) string) {
+// environment when set. It reports environment values that do not parse.
+func bindConfig(fs *flag.FlagSet, c *config, getenv func(string) string) error {
+	var bad []string
 	str := func(p *string, name, def, help string) {
 		if v := getenv(envName(name)); v != "" {
 			def = v
@@ -55,13 +56,21 @@ func bindConfig(fs *flag.FlagSet, c *config, getenv func(string) string) {
 		fs.StringVar(p, name, def, help+" ("+envName(name)+")")
 	}
 	integer := func(p *int, name string, def int, help string) {
-		if v, err := strconv.Atoi(getenv(envName(name))); err == nil {
+		if s := getenv(envName(name)); s != "" {
+			v, err := strconv.Atoi(s)
+			if err != nil {
+				bad = append(bad, fmt.Sprintf("%s=%q is not a whole number", envName(name), s))
+			}
 			def = v
 		}
 		fs.IntVar(p, name, def, help+" ("+envName(name)+")")
 	}
 	dur := func(p *time.Duration, name string, def time.Duration, help string) {
-		if v, err := time.ParseDuration(getenv(envName(name))); err == nil {
+		if s := getenv(envName(name)); s != "" {
+			v, err := time.ParseDuration(s)
+			if err != nil {
+				bad = append(bad, fmt.Sprintf("%s=%q is not a duration such as 500ms or 30s", envName(name), s))
+			}
 			def = v
 		}
 		fs.DurationVar(p, name, def, help+" ("+envName(name)+")")
@@ -90,8 +99,12 @@ func bindConfig(fs *flag.FlagSet, c *config, getenv func(string) string) {
 	dur(&c.ShutdownTimeout, "shutdown-timeout", 30*time.Second, "how long shutdown may take to flush ingest")
 	integer(&c.RetentionDays, "retention-days", 400, "days of raw telemetry kept (plain PostgreSQL; TimescaleDB uses its policy)")
 	dur(&c.MQTTConnectLimit, "mqtt-connect-timeout", 10*time.Second, "close sockets that send no CONNECT within this")
-	nm := getenv(envName("no-migrate")) == "true"
-	fs.BoolVar(&c.NoMigrate, "no-migrate", nm, "do not apply migrations on start ("+envName("no-migrate")+")")
+	nm := getenv(envName("no-migrate"))
+	fs.BoolVar(&c.NoMigrate, "no-migrate", nm == "true" || nm == "1", "do not apply migrations on start ("+envName("no-migrate")+")")
+	if len(bad) > 0 {
+		return fmt.Errorf("environment: %s", strings.Join(bad, "; "))
+	}
+	return nil
 }
 
 // appURL derives the URL of the row-level-security role from the owner's URL.

@@ -18,7 +18,9 @@ func cmdDemo(ctx context.Context, args []string, getenv func(string) string, std
 	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var cfg config
-	bindConfig(fs, &cfg, getenv)
+	if err := bindConfig(fs, &cfg, getenv); err != nil {
+		return err
+	}
 	sector := fs.String("sector", "magnetic-materials", "sector of the demo enterprise")
 	interval := fs.Duration("sim-interval", time.Second, "time between two messages of one simulated device")
 	noSim := fs.Bool("no-simulator", false, "do not start the device simulator")

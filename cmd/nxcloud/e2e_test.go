@@ -25,7 +25,7 @@ func startTestPlatform(t *testing.T) *platform {
 	tenanttest.New(t) // fails with instructions when the services are missing
 	var cfg config
 	fs := newFlagSet()
-	bindConfig(fs, &cfg, func(string) string { return "" })
+	_ = bindConfig(fs, &cfg, func(string) string { return "" })
 	cfg.DatabaseURL = os.Getenv("NXCLOUD_TEST_DATABASE_URL")
 	cfg.RedisURL = os.Getenv("NXCLOUD_TEST_REDIS_URL")
 	cfg.HTTPAddr, cfg.MQTTAddr, cfg.MQTTWSAddr = "127.0.0.1:0", "127.0.0.1:0", ""
@@ -340,7 +340,7 @@ func TestEndToEnd(t *testing.T) {
 func TestShutdownFlushesIngest(t *testing.T) {
 	tenanttest.New(t)
 	var cfg config
-	bindConfig(newFlagSet(), &cfg, func(string) string { return "" })
+	_ = bindConfig(newFlagSet(), &cfg, func(string) string { return "" })
 	cfg.DatabaseURL = os.Getenv("NXCLOUD_TEST_DATABASE_URL")
 	cfg.RedisURL = os.Getenv("NXCLOUD_TEST_REDIS_URL")
 	cfg.HTTPAddr, cfg.MQTTAddr, cfg.MQTTWSAddr = "127.0.0.1:0", "127.0.0.1:0", ""

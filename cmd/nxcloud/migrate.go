@@ -15,7 +15,9 @@ func cmdMigrate(ctx context.Context, args []string, getenv func(string) string, 
 	fs := flag.NewFlagSet("migrate", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var cfg config
-	bindConfig(fs, &cfg, getenv)
+	if err := bindConfig(fs, &cfg, getenv); err != nil {
+		return err
+	}
 	status := fs.Bool("status", false, "list migrations and whether each is applied, then exit")
 	if err := fs.Parse(args); err != nil {
 		return errUsage
@@ -67,7 +69,9 @@ func cmdTenant(ctx context.Context, args []string, getenv func(string) string, s
 	fs := flag.NewFlagSet("tenant create", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var cfg config
-	bindConfig(fs, &cfg, getenv)
+	if err := bindConfig(fs, &cfg, getenv); err != nil {
+		return err
+	}
 	sector := fs.String("sector", "", "sector template id (e.g. magnetic-materials)")
 	slug := fs.String("slug", "", "tenant slug: lower-case letters, digits, '-' (used in MQTT topics)")
 	name := fs.String("name", "", "enterprise name")

@@ -30,7 +30,9 @@ func cmdServe(ctx context.Context, args []string, getenv func(string) string, st
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var cfg config
-	bindConfig(fs, &cfg, getenv)
+	if err := bindConfig(fs, &cfg, getenv); err != nil {
+		return err
+	}
 	if err := fs.Parse(args); err != nil {
 		return errUsage
 	}
