@@ -70,8 +70,18 @@ rel() {
 	esac
 }
 
-pid_alive() { [ -n "${1:-}" ] && [ -d "/proc/$1" ]; }
-pid_comm() { cat "/proc/$1/comm" 2>/dev/null || true; }
+# pid_alive tells whether a process runs with that pid (a zombie, common in containers, does not count).
+pid_alive() {
+	local stat
+	[ -n "${1:-}" ] && stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+	stat=${stat##*) }
+	[ "${stat:0:1}" != Z ] && [ "${stat:0:1}" != X ]
+}
+pid_comm() {
+	local c=''
+	read -r c 2>/dev/null <"/proc/$1/comm" || true
+	printf '%s' "$c"
+}
 
 # spawn runs a command with only stdin, stdout and stderr open, so that daemons it starts do not inherit our lock
 # or a caller's pipes (a CI runner would otherwise wait for them forever).
@@ -264,7 +274,10 @@ is_our_postgres() {
 	pid_alive "$1" || return 1
 	[ "$(pid_comm "$1")" = postgres ] || return 1
 	local cwd
-	cwd=$(readlink "/proc/$1/cwd" 2>/dev/null) || return 0 # cannot tell (other user, not root): trust comm
+	if ! cwd=$(readlink "/proc/$1/cwd" 2>/dev/null); then
+		is_root && return 1 # root reads every cwd: the process is gone
+		return 0            # another user's process: cannot tell, trust comm
+	fi
 	[ "$cwd" = "$(readlink -f "$PGDATA_DIR")" ]
 }
 
@@ -279,7 +292,7 @@ psql_bin() {
 
 pg_answers() { # 0 = accepting connections
 	have "$(pg_isready_bin)" || return 2
-	"$(pg_isready_bin)" -q -h "$HOST" -p "$PG_PORT" -t 3 >/dev/null 2>&1
+	"$(pg_isready_bin)" -q -h "$HOST" -p "$PG_PORT" -U "$PG_SUPERUSER" -d postgres -t 3 >/dev/null 2>&1
 }
 
 pg_local_psql() { # db args...
@@ -338,6 +351,16 @@ pg_write_conf() {
 	if [ -f "$("$PG_BINDIR/pg_config" --pkglibdir 2>/dev/null || echo "/usr/lib/postgresql/$PG_VER/lib")/timescaledb.so" ]; then
 		preload=timescaledb
 	fi
+	# 2GB of shared buffers cannot be mapped on a small machine without swap: there, a quarter of the memory.
+	local mem_mb shared=2GB cache=8GB shm_mb
+	mem_mb=$(awk '/^MemTotal:/ {print int($2 / 1024)}' /proc/meminfo 2>/dev/null || echo 0)
+	if [ "${mem_mb:-0}" -gt 0 ] && [ "$mem_mb" -lt 8192 ]; then
+		shared=$((mem_mb / 4))MB
+		cache=$((mem_mb / 2))MB
+		log "note: only ${mem_mb}MB of memory: shared_buffers=$shared instead of 2GB"
+	fi
+	# Docker's default 64MB /dev/shm is too small for parallel queries' dynamic shared memory.
+	shm_mb=$(df -Pm /dev/shm 2>/dev/null | awk 'NR == 2 {print $2}' || true)
 	cat >>"$conf" <<EOF
 # >>> nxcloud: written by deploy/local/services.sh on every start; edit there >>>
 listen_addresses = '$HOST'
@@ -348,8 +371,8 @@ max_connections = 200
 fsync = on
 synchronous_commit = on
 full_page_writes = on
-shared_buffers = 2GB
-effective_cache_size = 8GB
+shared_buffers = $shared
+effective_cache_size = $cache
 maintenance_work_mem = 512MB
 work_mem = 16MB
 wal_buffers = 64MB
@@ -367,20 +390,25 @@ log_rotation_size = 0
 log_line_prefix = '%m [%p] %q%u@%d '
 log_checkpoints = on
 EOF
+	if [ -z "$shm_mb" ] || [ "$shm_mb" -lt 512 ]; then
+		printf 'dynamic_shared_memory_type = mmap # /dev/shm is only %sMB\n' "${shm_mb:-0}" >>"$conf"
+	fi
 	if [ -n "$preload" ]; then
 		printf "shared_preload_libraries = '%s'\ntimescaledb.telemetry_level = off\n" "$preload" >>"$conf"
 	fi
 	printf '# <<< nxcloud <<<\n' >>"$conf"
 }
 
-# pg_clear_stale handles what a crash or kill -9 leaves behind: orphaned backends still attached to the old shared
-# memory, and a postmaster.pid whose pid no longer belongs to a postgres process.
+# pg_clear_stale handles what a crash or kill -9 leaves behind. Orphaned backends still attached to the old shared
+# memory are waited for (then killed). A lock file (postmaster.pid, the socket's .lock) whose pid is gone is left to
+# PostgreSQL, which checks the old shared memory and removes it; one whose pid is a zombie (dead but not reaped, as
+# happens in containers whose init does not reap) or now belongs to another program would block the start forever
+# and is removed here.
 pg_clear_stale() {
-	local pidfile=$PGDATA_DIR/postmaster.pid pid i orphans p real
-	[ -f "$pidfile" ] || return 0
+	local pid i orphans p real f
 	pid=$(postmaster_pid)
 	if is_our_postgres "$pid"; then
-		return 0 # a live postmaster: not stale
+		return 0 # a live postmaster: nothing is stale
 	fi
 	real=$(readlink -f "$PGDATA_DIR")
 	for ((i = 0; i < 15; i++)); do
@@ -388,6 +416,7 @@ pg_clear_stale() {
 		for p in /proc/[0-9]*; do
 			p=${p#/proc/}
 			[ "$(pid_comm "$p")" = postgres ] || continue
+			pid_alive "$p" || continue
 			[ "$(readlink "/proc/$p/cwd" 2>/dev/null)" = "$real" ] && orphans+=("$p")
 		done
 		[ ${#orphans[@]} -eq 0 ] && break
@@ -399,12 +428,21 @@ pg_clear_stale() {
 		kill -KILL "${orphans[@]}" 2>/dev/null || true
 		sleep 1
 	fi
-	if [ -n "$pid" ] && pid_alive "$pid"; then
-		log "removing stale postmaster.pid (pid $pid now belongs to '$(pid_comm "$pid")', not postgres)"
-	else
-		log "removing stale postmaster.pid (pid ${pid:-?} is gone)"
-	fi
-	rm -f "$pidfile"
+	for f in "$PGDATA_DIR/postmaster.pid" "$(pg_socket_dir)"/.s.PGSQL.*.lock; do
+		[ -f "$f" ] || continue
+		pid=$(head -n 1 "$f" 2>/dev/null || true)
+		pid=${pid#-}
+		[[ $pid =~ ^[0-9]+$ ]] || continue
+		[ -e "/proc/$pid" ] || continue # gone: PostgreSQL removes it itself
+		if is_our_postgres "$pid"; then
+			continue
+		elif pid_alive "$pid"; then
+			log "removing stale $(rel "$f") (pid $pid now belongs to '$(pid_comm "$pid")', not PostgreSQL)"
+		else
+			log "removing stale $(rel "$f") (pid $pid is a zombie: dead, not yet reaped)"
+		fi
+		rm -f "$f"
+	done
 }
 
 pg_start() {
@@ -612,12 +650,13 @@ nxcloud_stop() {
 	fi
 	log "stopping nxcloud (pid $pid)…"
 	kill -TERM "$pid" 2>/dev/null || true
-	for ((i = 0; i < 30; i++)); do
+	# nxcloud flushes ingest on SIGTERM for up to --shutdown-timeout (30 s).
+	for ((i = 0; i < 70; i++)); do
 		pid_alive "$pid" || break
 		sleep 0.5
 	done
 	if pid_alive "$pid"; then
-		log "nxcloud (pid $pid) did not stop within 15 s of SIGTERM; killing it"
+		log "nxcloud (pid $pid) did not stop within 35 s of SIGTERM; killing it"
 		kill -KILL "$pid" 2>/dev/null || true
 	fi
 	rm -f "$NXCLOUD_PID_FILE"
@@ -626,8 +665,11 @@ nxcloud_stop() {
 # ---------------------------------------------------------------------------------------------------------------
 # Commands
 
+# mark_started records a service this invocation started in .data/started and, for run.sh, in the file named by
+# NXCLOUD_UP_RECORD (private to its caller, so a stale or concurrent record is never mistaken for its own).
 mark_started() {
 	grep -qx "$1" "$STARTED_FILE" 2>/dev/null || printf '%s\n' "$1" >>"$STARTED_FILE"
+	if [ -n "${NXCLOUD_UP_RECORD:-}" ]; then printf '%s\n' "$1" >>"$NXCLOUD_UP_RECORD"; fi
 }
 
 # user_url prints the value of variable $1 unless it is unset or the URL this script itself writes (so that a
