@@ -102,7 +102,9 @@ type Pipeline struct {
 	mu       sync.RWMutex
 	closing  bool
 	stopOnce sync.Once
-	wg       sync.WaitGroup
+	wg       sync.WaitGroup // telemetry and event writers
+	deadWG   sync.WaitGroup // the dead-letter writer, stopped last
+	closed   chan struct{}
 	stats    Stats
 }
 
@@ -119,6 +121,9 @@ type Stats struct {
 	WriteErrors     atomic.Int64
 	Queued          atomic.Int64
 }
+
+// maxDeadPerMessage bounds the dead letters one message can produce.
+const maxDeadPerMessage = 20
 
 // ErrOverloaded is returned by Handle when a QoS 1 message found no room
 // within the enqueue timeout, or the pipeline is shutting down.
@@ -138,6 +143,7 @@ func New(cfg Config, pool *pgxpool.Pool, schemas SchemaSource, hot *Hot) *Pipeli
 		items:   make(chan Item, 4096),
 		dead:    make(chan DeadLetter, 4096),
 		events:  make(chan event, 4096),
+		closed:  make(chan struct{}),
 	}
 }
 
@@ -150,24 +156,31 @@ func (p *Pipeline) Start() {
 		p.wg.Add(1)
 		go func() { defer p.wg.Done(); p.writeLoop() }()
 	}
-	p.wg.Add(2)
-	go func() { defer p.wg.Done(); p.deadLoop() }()
+	p.wg.Add(1)
 	go func() { defer p.wg.Done(); p.eventLoop() }()
+	p.deadWG.Add(1)
+	go func() { defer p.deadWG.Done(); p.deadLoop() }()
 }
 
 // Close stops accepting, writes what is queued (waiting at most until ctx is
 // done) and stops the writers. Call it after the broker stopped.
 func (p *Pipeline) Close(ctx context.Context) error {
+	done := make(chan struct{})
 	p.stopOnce.Do(func() {
 		p.mu.Lock()
 		p.closing = true
 		close(p.items)
-		close(p.dead)
 		close(p.events)
 		p.mu.Unlock()
+		go func() {
+			// The telemetry and event writers may still produce dead letters.
+			p.wg.Wait()
+			close(p.dead)
+			p.deadWG.Wait()
+			close(p.closed)
+		}()
 	})
-	done := make(chan struct{})
-	go func() { p.wg.Wait(); close(done) }()
+	go func() { <-p.closed; close(done) }()
 	select {
 	case <-done:
 		return nil
@@ -205,10 +218,18 @@ func (p *Pipeline) handleTelemetry(ctx context.Context, m broker.Message) error 
 		return nil
 	}
 	points, rejects := Decode(m.Payload, schema, m.Received, p.cfg.Limits, nil)
+	p.stats.PointsRejected.Add(int64(len(rejects)))
+	if len(rejects) > maxDeadPerMessage {
+		// A hostile payload can hold a hundred thousand bad parts: keep the first
+		// ones and say how many more there were, in one more row.
+		more := len(rejects) - (maxDeadPerMessage - 1)
+		last := rejects[maxDeadPerMessage-1]
+		rejects = append(rejects[:maxDeadPerMessage-1:maxDeadPerMessage-1], Rejection{Reason: last.Reason,
+			Detail: fmt.Sprintf("%s; and %d more rejected parts in this message", last.Detail, more-1)})
+	}
 	for _, r := range rejects {
 		p.deadLetter(id, m, r)
 	}
-	p.stats.PointsRejected.Add(int64(len(rejects)))
 	if len(points) == 0 {
 		return nil
 	}

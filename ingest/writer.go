@@ -183,10 +183,16 @@ func (p *Pipeline) deadLetter(id tenants.Identity, m broker.Message, r Rejection
 		p.stats.DeadDropped.Add(1)
 		return
 	}
+	p.queueDead(d)
+}
+
+// queueDead queues a dead letter without ever blocking: a full queue counts
+// and drops it. The dead channel is closed only after every producer stopped.
+func (p *Pipeline) queueDead(d DeadLetter) {
 	select {
 	case p.dead <- d:
 	default:
-		p.stats.DeadDropped.Add(1) // never block the broker for a dead letter
+		p.stats.DeadDropped.Add(1)
 	}
 }
 
@@ -313,11 +319,7 @@ func (p *Pipeline) eventLoop() {
 				d := DeadLetter{Tenant: e.tenant, Device: e.device, Received: time.Now(), Topic: e.topic,
 					Reason: ReasonMalformed, Detail: cleanText("refused by the database: " + err.Error()),
 					Payload: cleanText(string(e.payload[:min(len(e.payload), maxStoredPayload)])), Size: len(e.payload)}
-				select {
-				case p.dead <- d:
-				default:
-					p.stats.DeadDropped.Add(1)
-				}
+				p.queueDead(d)
 			}
 		}
 	})

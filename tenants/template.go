@@ -160,6 +160,9 @@ func ParseTemplate(b []byte) (*Template, error) {
 	if err := dec.Decode(&t); err != nil {
 		return nil, err
 	}
+	if dec.More() {
+		return nil, fmt.Errorf("unexpected data after the template object")
+	}
 	return &t, t.Validate()
 }
 
@@ -237,9 +240,18 @@ func (t *Template) Validate() error {
 		}
 	}
 	if d := t.Demo; d != nil {
+		if !slugRE.MatchString(d.Slug) {
+			bad("demo slug %q: want a tenant slug", d.Slug)
+		}
 		devs := map[string]bool{}
 		for _, l := range d.Lines {
+			if !keyPattern.MatchString(l.Key) {
+				bad("demo line %q: malformed key", l.Key)
+			}
 			for _, dv := range l.Devices {
+				if !keyPattern.MatchString(dv.Key) {
+					bad("demo device %q: malformed key (it becomes an MQTT username and topic level)", dv.Key)
+				}
 				if !models[dv.Model] {
 					bad("demo device %q: unknown model %q", dv.Key, dv.Model)
 				}

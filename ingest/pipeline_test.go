@@ -1,0 +1,175 @@
+package ingest_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/nxcloud/nxcloud/broker"
+	"github.com/nxcloud/nxcloud/ingest"
+	"github.com/nxcloud/nxcloud/tenants/tenanttest"
+)
+
+func message(t *testing.T, env *tenanttest.Env, tn tenanttest.Tenant, key string, qos byte, payload string) broker.Message {
+	t.Helper()
+	d, err := env.Tenants.Device(tn.Ctx(), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, err := env.Tenants.Identity(context.Background(), d.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return broker.Message{Identity: id, Topic: broker.Topic{Tenant: tn.Slug, Device: key, Kind: broker.KindTelemetry},
+		Payload: []byte(payload), QoS: qos, Received: time.Now()}
+}
+
+func count(t *testing.T, env *tenanttest.Env, q string, args ...any) int {
+	t.Helper()
+	var n int
+	if err := env.DB.System.QueryRow(context.Background(), q, args...).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+func waitFor(t *testing.T, what string, f func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for !f() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func TestDeadLettersPerMessageAreCapped(t *testing.T) {
+	env := tenanttest.New(t)
+	tn := env.NewTenant(t)
+	env.Device(t, tn, "mill-01", "jet-mill")
+	p := ingest.New(ingest.Config{FlushInterval: 5 * time.Millisecond}, env.DB.System, env.Tenants, nil)
+	p.Start()
+	var b strings.Builder
+	b.WriteString(`{"metrics":{"d50_um":3.9`)
+	for i := 0; i < 100; i++ {
+		fmt.Fprintf(&b, `,"bogus_%d":1`, i)
+	}
+	b.WriteString(`}}`)
+	if err := p.Handle(context.Background(), message(t, env, tn, "mill-01", 1, b.String())); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if n := count(t, env, `SELECT count(*) FROM dead_letters WHERE tenant_id = $1`, tn.ID); n != 20 {
+		t.Fatalf("%d dead letters, want 20", n)
+	}
+	if n := count(t, env, `SELECT count(*) FROM dead_letters WHERE tenant_id = $1 AND detail LIKE '%and 80 more rejected parts%'`, tn.ID); n != 1 {
+		t.Fatal("no summary row for the rejections beyond the cap")
+	}
+	if n := count(t, env, `SELECT count(*) FROM telemetry WHERE tenant_id = $1`, tn.ID); n != 1 {
+		t.Fatalf("%d points stored, want the one valid metric", n)
+	}
+}
+
+// TestBackPressure holds a lock on the telemetry table so writers cannot
+// commit: the bounded queue fills, QoS 0 points are dropped and counted, QoS 1
+// messages are refused after the enqueue timeout (the broker then withholds
+// the PUBACK), and everything accepted is committed once the database moves.
+func TestBackPressure(t *testing.T) {
+	env := tenanttest.New(t)
+	tn := env.NewTenant(t)
+	env.Device(t, tn, "mill-01", "jet-mill")
+	ctx := context.Background()
+	lock, err := env.DB.System.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := lock.Exec(ctx, `LOCK TABLE telemetry IN ACCESS EXCLUSIVE MODE`); err != nil {
+		t.Fatal(err)
+	}
+	p := ingest.New(ingest.Config{MaxQueuedPoints: 10, BatchPoints: 5, FlushInterval: time.Millisecond,
+		EnqueueTimeout: 200 * time.Millisecond, Writers: 1}, env.DB.System, env.Tenants, nil)
+	p.Start()
+	payload := func(i int) string {
+		return fmt.Sprintf(`{"ts":%d,"metrics":{"d50_um":3.%d}}`, time.Now().Add(-time.Minute+time.Duration(i)*time.Millisecond).UnixMilli(), i%10)
+	}
+	accepted := 0
+	var refused error
+	for i := 0; i < 30 && refused == nil; i++ {
+		if err := p.Handle(ctx, message(t, env, tn, "mill-01", 1, payload(i))); err != nil {
+			refused = err
+			break
+		}
+		accepted++
+	}
+	if !errors.Is(refused, ingest.ErrOverloaded) || accepted != 10 {
+		t.Fatalf("accepted %d QoS 1 messages then %v; want 10 then ErrOverloaded", accepted, refused)
+	}
+	if err := p.Handle(ctx, message(t, env, tn, "mill-01", 0, payload(99))); err != nil {
+		t.Fatal(err)
+	}
+	if p.Stats().PointsDropped.Load() != 1 {
+		t.Fatalf("QoS 0 under overload: dropped %d, want 1", p.Stats().PointsDropped.Load())
+	}
+	if err := lock.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the queue to drain", func() bool { return p.Stats().PointsCommitted.Load() == int64(accepted) })
+	if err := p.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n := count(t, env, `SELECT count(*) FROM telemetry WHERE tenant_id = $1`, tn.ID); n != accepted {
+		t.Fatalf("%d rows stored, want %d", n, accepted)
+	}
+}
+
+// TestEventsAreStored: events, states and command replies land in
+// device_events; an event payload PostgreSQL's jsonb refuses becomes a dead
+// letter instead of blocking the writer.
+func TestEventsAreStored(t *testing.T) {
+	env := tenanttest.New(t)
+	tn := env.NewTenant(t)
+	env.Device(t, tn, "kiln-01", "rotary-kiln")
+	p := ingest.New(ingest.Config{}, env.DB.System, env.Tenants, nil)
+	p.Start()
+	ctx := context.Background()
+	send := func(kind, name, payload string) {
+		m := message(t, env, tn, "kiln-01", 1, payload)
+		m.Topic.Kind, m.Topic.Name = kind, name
+		if err := p.Handle(ctx, m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	send(broker.KindEvents, "", `{"type":"lot_start","lot":"L-7","ts":"2026-01-01T00:00:00Z"}`)
+	send(broker.KindEvents, "", fmt.Sprintf(`{"type":"lot_end","lot":"L-7","ts":%d}`, time.Now().UnixMilli()))
+	send(broker.KindState, "", `{"state":"run"}`)
+	send(broker.KindCmdReply, "recipe", `{"status":"applied"}`)
+	send(broker.KindEvents, "", `{"bad":"\ud800"}`) // a lone surrogate: valid JSON, refused by jsonb
+	send(broker.KindEvents, "", `not json`)
+	if err := p.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	rows, err := env.DB.System.Query(ctx, `SELECT kind || ':' || name FROM device_events WHERE tenant_id = $1 ORDER BY id`, tn.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The first event's ts is outside the accepted window: a dead letter.
+	if strings.Join(got, ",") != "event:,state:,cmd_reply:recipe" {
+		t.Fatalf("events %v", got)
+	}
+	if n := count(t, env, `SELECT count(*) FROM dead_letters WHERE tenant_id = $1`, tn.ID); n != 3 {
+		t.Fatalf("%d dead letters, want 3 (old ts, lone surrogate, not JSON)", n)
+	}
+}
+
