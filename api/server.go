@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/nxcloud/nxcloud/apps"
+	"github.com/nxcloud/nxcloud/apps/telemetry"
 	"github.com/nxcloud/nxcloud/tenants"
 )
 
@@ -34,21 +35,18 @@ type Config struct {
 	Logger         *slog.Logger
 }
 
-// Registrar is an app's route table.
-type Registrar interface {
-	Register(g *echo.Group)
-}
-
-// Deps are what the server serves.
+// Deps are what the server serves. New registers every route from them, so
+// the process and the tests serve the same route table.
 type Deps struct {
-	Tenants  *tenants.Service
-	Registry *prometheus.Registry
+	Tenants   *tenants.Service
+	Telemetry *telemetry.Service
+	Registry  *prometheus.Registry
 	// Ready reports whether the process can serve (database, Redis, broker,
 	// ingest backlog); the map holds each check's state.
 	Ready func(ctx context.Context) (map[string]string, bool)
-	// Operator registers the operator routes; Tenant apps register tenant routes.
-	Operator []func(g *echo.Group)
-	Tenant   []func(g *echo.Group)
+	// ExtraTenant registers more tenant routes (tests use it to prove that a
+	// new route is covered by the isolation suite).
+	ExtraTenant []func(g *echo.Group)
 }
 
 // Server is the HTTP server.
@@ -106,12 +104,13 @@ func New(cfg Config, deps Deps) (*Server, error) {
 	v1.GET("/openapi.json", func(c echo.Context) error {
 		return c.Blob(http.StatusOK, "application/json", openapiDoc)
 	})
+	th := tenants.NewHandler(deps.Tenants)
 	op := v1.Group("/operator", operatorAuth(cfg.OperatorToken))
-	for _, r := range deps.Operator {
-		r(op)
-	}
+	th.RegisterOperator(op)
 	tg := v1.Group("", tenantAuth(deps.Tenants))
-	for _, r := range deps.Tenant {
+	th.RegisterTenant(tg)
+	telemetry.NewHandler(deps.Telemetry).Register(tg)
+	for _, r := range deps.ExtraTenant {
 		r(tg)
 	}
 	s.srv = &http.Server{

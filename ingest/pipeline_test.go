@@ -172,4 +172,3 @@ func TestEventsAreStored(t *testing.T) {
 		t.Fatalf("%d dead letters, want 3 (old ts, lone surrogate, not JSON)", n)
 	}
 }
-

@@ -3,6 +3,7 @@ package tenants
 import (
 	"context"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
@@ -37,6 +38,9 @@ func (s *Service) RegisterDevice(ctx context.Context, tenant uuid.UUID, in Devic
 	}
 	if in.Name == "" {
 		in.Name = in.Key
+	}
+	if utf8.RuneCountInString(in.Name) > 200 {
+		return Device{}, "", apps.FieldError("name", "at most 200 characters")
 	}
 	secret := in.Secret
 	if secret == "" {

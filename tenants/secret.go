@@ -6,6 +6,7 @@ import (
 	"crypto/subtle"
 	"encoding/base64"
 	"encoding/hex"
+	"regexp"
 	"strings"
 
 	"github.com/nxcloud/nxcloud/apps"
@@ -70,5 +71,7 @@ func splitAPIKey(token string) (prefix, secret string, ok bool) {
 		return "", "", false
 	}
 	prefix, secret, ok = strings.Cut(rest, "_")
-	return prefix, secret, ok && prefix != "" && secret != ""
+	return prefix, secret, ok && prefixRE.MatchString(prefix) && secret != "" && len(secret) <= 256
 }
+
+var prefixRE = regexp.MustCompile(`^[A-Za-z0-9-]{1,40}$`)

@@ -5,7 +5,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"regexp"
+	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
@@ -100,7 +102,7 @@ func (s *Service) CreateEnterprise(ctx context.Context, in EnterpriseInput) (Ten
 	if !slugRE.MatchString(in.Slug) {
 		return Tenant{}, "", apps.FieldError("slug", "want 2-63 lower-case letters, digits or '-', starting with a letter or digit")
 	}
-	if in.Name == "" || len(in.Name) > 200 {
+	if in.Name == "" || utf8.RuneCountInString(in.Name) > 200 {
 		return Tenant{}, "", apps.FieldError("name", "a name of 1 to 200 characters is required")
 	}
 	tpl, ok := s.templates[in.Sector]
@@ -192,6 +194,9 @@ func scanTenant(r pgx.CollectableRow) (Tenant, error) {
 
 // EnterpriseBySlug returns a tenant by slug (operator view). Errors: not_found.
 func (s *Service) EnterpriseBySlug(ctx context.Context, slug string) (Tenant, error) {
+	if !slugRE.MatchString(slug) {
+		return Tenant{}, apps.Errorf(apps.NotFound, "enterprise %q not found", clip(slug, 64))
+	}
 	rows, err := s.db.System.Query(ctx, `SELECT id, slug, name, sector_id, status, created_at FROM tenants WHERE slug = $1`, slug)
 	if err != nil {
 		return Tenant{}, err
@@ -227,6 +232,9 @@ func (s *Service) CreateLine(ctx context.Context, tenant uuid.UUID, in LineInput
 	}
 	if in.Name == "" {
 		in.Name = in.Key
+	}
+	if utf8.RuneCountInString(in.Name) > 200 {
+		return Line{}, apps.FieldError("name", "at most 200 characters")
 	}
 	l := Line{Key: in.Key, Name: in.Name}
 	err := InTx(WithTenant(ctx, tenant), s.db.App, func(tx pgx.Tx) error {
@@ -292,4 +300,16 @@ func (s *Service) ModelMetrics(ctx context.Context, model uuid.UUID) ([]Metric, 
 		var x Metric
 		return x, r.Scan(&x.ID, &x.Key, &x.Name, &x.Unit, &x.Min, &x.Max)
 	})
+}
+
+// clip shortens s for an error message, at a rune boundary.
+func clip(s string, n int) string {
+	s = strings.ToValidUTF8(s, "?")
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n] + "…"
 }

@@ -119,6 +119,9 @@ func timeParam(c echo.Context, name string, def time.Time) (time.Time, error) {
 		return def.UTC(), nil
 	}
 	if t, err := time.Parse(time.RFC3339Nano, v); err == nil {
+		if y := t.UTC().Year(); y < 1 || y > 9999 {
+			return time.Time{}, apps.FieldError(name, "%s must be between years 0001 and 9999 UTC", name)
+		}
 		return t.UTC(), nil
 	}
 	if ms, err := strconv.ParseInt(v, 10, 64); err == nil && ms >= 0 && ms < 1e14 {

@@ -3,7 +3,9 @@ package telemetry
 import (
 	"context"
 	"encoding/base64"
+	"regexp"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -97,13 +99,16 @@ func (s *Service) Raw(ctx context.Context, q RawQuery) (RawSeries, error) {
 	if err := checkRange(q.From, q.To); err != nil {
 		return RawSeries{}, err
 	}
-	from := q.From
+	// A cursor is the last point's time and how many points at exactly that
+	// time were already returned: several points of a series may share a
+	// timestamp, so "after the last time" would lose some.
+	from, skip := q.From, 0
 	if q.Cursor != "" {
-		c, err := decodeCursor(q.Cursor)
+		ts, n, err := decodeRawCursor(q.Cursor)
 		if err != nil {
 			return RawSeries{}, err
 		}
-		from = time.UnixMicro(c + 1).UTC()
+		from, skip = ts, n
 	}
 	d, ms, err := s.resolve(ctx, q.Device, []string{q.Metric})
 	if err != nil {
@@ -111,7 +116,7 @@ func (s *Service) Raw(ctx context.Context, q RawQuery) (RawSeries, error) {
 	}
 	out := RawSeries{Device: d.Key, Metric: ms[0].Key, Unit: ms[0].Unit, From: q.From.UTC(), To: q.To.UTC(), Points: []Point{}}
 	err = tenants.InTx(ctx, s.pool, func(tx pgx.Tx) error {
-		rows, err := tx.Query(ctx, `SELECT ts, value FROM telemetry_raw($1, $2, $3, $4, $5)`, d.ID, ms[0].ID, from, q.To, q.Limit+1)
+		rows, err := tx.Query(ctx, `SELECT ts, value FROM telemetry_raw($1, $2, $3, $4, $5)`, d.ID, ms[0].ID, from, q.To, q.Limit+skip+1)
 		if err != nil {
 			return err
 		}
@@ -126,11 +131,39 @@ func (s *Service) Raw(ctx context.Context, q RawQuery) (RawSeries, error) {
 	if err != nil {
 		return RawSeries{}, err
 	}
+	if q.Cursor != "" {
+		n := 0
+		for n < skip && n < len(out.Points) && out.Points[n].TS.Equal(from) {
+			n++
+		}
+		out.Points = out.Points[n:]
+	}
 	if len(out.Points) > q.Limit {
 		out.Points = out.Points[:q.Limit]
-		out.NextCursor = encodeCursor(out.Points[q.Limit-1].TS.UnixMicro())
+		last := out.Points[q.Limit-1].TS
+		same := 0
+		for i := q.Limit - 1; i >= 0 && out.Points[i].TS.Equal(last); i-- {
+			same++
+		}
+		if last.Equal(from) {
+			same += skip
+		}
+		out.NextCursor = encodeCursor(last.UnixMicro()) + "." + strconv.Itoa(same)
 	}
 	return out, nil
+}
+
+func decodeRawCursor(c string) (time.Time, int, error) {
+	tsPart, nPart, ok := strings.Cut(c, ".")
+	n, err := strconv.Atoi(nPart)
+	if !ok || err != nil || n < 1 || n > 1_000_000 {
+		return time.Time{}, 0, apps.FieldError("cursor", "malformed cursor; pass next_cursor from the previous page unchanged")
+	}
+	us, err := decodeCursor(tsPart)
+	if err != nil {
+		return time.Time{}, 0, err
+	}
+	return time.UnixMicro(us).UTC(), n, nil
 }
 
 func encodeCursor(v int64) string {
@@ -146,6 +179,8 @@ func decodeCursor(c string) (int64, error) {
 	}
 	return 0, apps.FieldError("cursor", "malformed cursor; pass next_cursor from the previous page unchanged")
 }
+
+var reasonRE = regexp.MustCompile(`^[a-z_]{1,64}$`)
 
 // Widths are the bucket widths the API offers.
 var Widths = map[string]time.Duration{"1m": time.Minute, "1h": time.Hour, "1d": 24 * time.Hour}
@@ -275,6 +310,9 @@ func (s *Service) DeadLetters(ctx context.Context, q DeadLetterQuery) (DeadLette
 			return DeadLetterPage{}, err
 		}
 		before = c
+	}
+	if q.Reason != "" && !reasonRE.MatchString(q.Reason) {
+		return DeadLetterPage{}, apps.FieldError("reason", "unknown reason %q (see docs/mqtt.md for the reason codes)", q.Reason)
 	}
 	var device *string
 	if q.Device != "" {

@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"runtime"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -94,6 +95,7 @@ func cmdBench(ctx context.Context, args []string, getenv func(string) string, st
 	fs.DurationVar(&bc.FloodFor, "flood-duration", 20*time.Second, "flood phase length")
 	fs.IntVar(&bc.FloodPoints, "flood-points", 500, "points per flood message")
 	fs.StringVar(&bc.Out, "out", "", "also write the report to this file")
+	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the sustained phase to this file")
 	if err := fs.Parse(args); err != nil {
 		return errUsage
 	}
@@ -160,6 +162,16 @@ func cmdBench(ctx context.Context, args []string, getenv func(string) string, st
 	say("warming up for %s", bc.Warmup)
 	sleepCtx(ctx, bc.Warmup)
 	lat.collect(true)
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+	}
 	c0, a0, t0 := st.PointsCommitted.Load(), acked.Load(), time.Now()
 	say("measuring for %s", bc.Duration)
 	progress(ctx, stderr, bc.Duration, func() string {
@@ -167,6 +179,9 @@ func cmdBench(ctx context.Context, args []string, getenv func(string) string, st
 	})
 	c1, a1, t1 := st.PointsCommitted.Load(), acked.Load(), time.Now()
 	lats := lat.collect(false)
+	if *cpuProfile != "" {
+		pprof.StopCPUProfile()
+	}
 	stopRun()
 	wg.Wait()
 	sleepCtx(ctx, 2*time.Second) // let the last PUBACKs arrive

@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
-	"github.com/labstack/echo/v4"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/redis/go-redis/v9"
@@ -168,18 +167,15 @@ func startPlatform(ctx context.Context, cfg config, log *slog.Logger, opt platfo
 	p.reg.MustRegister(p.pipe.Collectors()...)
 	p.reg.MustRegister(brokerCollectors(p.broker)...)
 
-	tel := telemetry.NewService(p.app, p.rdb, p.tenants, log)
-	th := tenants.NewHandler(p.tenants)
 	var proxies []string
 	if cfg.TrustedProxies != "" {
 		proxies = strings.Split(cfg.TrustedProxies, ",")
 	}
 	p.api, err = api.New(api.Config{OperatorToken: cfg.OperatorToken, TrustedProxies: proxies, Logger: log}, api.Deps{
-		Tenants:  p.tenants,
-		Registry: p.reg,
-		Ready:    p.ready,
-		Operator: []func(*echo.Group){th.RegisterOperator},
-		Tenant:   []func(*echo.Group){th.RegisterTenant, telemetry.NewHandler(tel).Register},
+		Tenants:   p.tenants,
+		Telemetry: telemetry.NewService(p.app, p.rdb, p.tenants, log),
+		Registry:  p.reg,
+		Ready:     p.ready,
 	})
 	if err != nil {
 		return nil, err

@@ -4,7 +4,8 @@
 -- nxcloud_app can read telemetry only through them and only its own.
 
 -- telemetry_raw returns one series' points with p_from <= ts < p_to, oldest
--- first, at most p_limit of them.
+-- first (points sharing a time ordered by value, so pages are stable), at most
+-- p_limit of them.
 CREATE FUNCTION telemetry_raw(p_device uuid, p_metric integer, p_from timestamptz, p_to timestamptz, p_limit integer)
 RETURNS TABLE (ts timestamptz, value double precision)
 LANGUAGE sql STABLE SECURITY DEFINER
@@ -16,7 +17,7 @@ AS $$
       AND t.device_id = p_device
       AND t.metric_id = p_metric
       AND t.ts >= p_from AND t.ts < p_to
-    ORDER BY t.ts
+    ORDER BY t.ts, t.value
     LIMIT p_limit
 $$;
 
