@@ -102,20 +102,29 @@ func (p *Pipeline) writeBatch(batch []Item, points int) {
 
 func (p *Pipeline) copyBatch(ctx context.Context, batch []Item) error {
 	return pgx.BeginFunc(ctx, p.pool, func(tx pgx.Tx) error {
-		src := &batchSource{items: batch, row: make([]any, 5), ids: make([][2]pgtype.UUID, len(batch))}
-		for i, it := range batch {
-			src.ids[i] = [2]pgtype.UUID{{Bytes: it.Tenant, Valid: true}, {Bytes: it.Device, Valid: true}}
-		}
-		if _, err := tx.CopyFrom(ctx, pgx.Identifier{"telemetry"}, telemetryColumns, src); err != nil {
+		lo, hi, err := CopyItems(ctx, tx, batch)
+		if err != nil {
 			return err
 		}
 		if p.cfg.RecordInvalidations {
-			if _, err := tx.Exec(ctx, `INSERT INTO telemetry_invalidation (lo, hi) VALUES ($1, $2)`, src.lo, src.hi); err != nil {
+			if _, err := tx.Exec(ctx, `INSERT INTO telemetry_invalidation (lo, hi) VALUES ($1, $2)`, lo, hi); err != nil {
 				return err
 			}
 		}
 		return nil
 	})
+}
+
+// CopyItems writes the points of items into the telemetry table with one
+// COPY, the way ingest's writers do, and returns their time range. The
+// benchmark uses it to measure the raw COPY limit on the same code path.
+func CopyItems(ctx context.Context, tx pgx.Tx, items []Item) (lo, hi time.Time, err error) {
+	src := &batchSource{items: items, row: make([]any, 5), ids: make([][2]pgtype.UUID, len(items))}
+	for i, it := range items {
+		src.ids[i] = [2]pgtype.UUID{{Bytes: it.Tenant, Valid: true}, {Bytes: it.Device, Valid: true}}
+	}
+	_, err = tx.CopyFrom(ctx, pgx.Identifier{"telemetry"}, telemetryColumns, src)
+	return src.lo, src.hi, err
 }
 
 // batchSource feeds a batch to CopyFrom without building a [][]any, and notes
