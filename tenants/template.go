@@ -121,6 +121,8 @@ type DemoDevice struct {
 	Key   string `json:"key"`
 	Name  string `json:"name"`
 	Model string `json:"model"`
+	// Manual devices are not simulated: their data is what a person sends.
+	Manual bool `json:"manual,omitempty"`
 }
 
 //go:embed sectors/*.json

@@ -54,9 +54,22 @@ func cmdDemo(ctx context.Context, args []string, getenv func(string) string, std
 	fmt.Fprintf(stdout, "  operator token   %s\n", cfg.OperatorToken)
 	if len(res.Devices) > 0 {
 		d := res.Devices[0]
+		manual := d.Key
+		for _, l := range tpl.Demo.Lines {
+			for _, dv := range l.Devices {
+				if dv.Manual {
+					manual = dv.Key
+				}
+			}
+		}
 		fmt.Fprintf(stdout, "  device login     username %s  password %s  (every demo device: <device>@%s)\n",
 			tenants.MQTTUsername(d.Key, res.Tenant.Slug), tenants.DemoDeviceSecret, res.Tenant.Slug)
-		fmt.Fprintf(stdout, "\nTry:\n  curl -s -H 'Authorization: Bearer %s' %s/api/v1/devices\n", tenants.DemoAPIKey, p.httpURL())
+		_, mqttPort, _ := net.SplitHostPort(p.broker.TCPAddr())
+		fmt.Fprintf(stdout, "\nTry (%s is not simulated, so what you send is all it has):\n", manual)
+		fmt.Fprintf(stdout, "  mosquitto_pub -h %s -p %s -q 1 -u %s -P %s -t v1/%s/%s/telemetry -m '{\"metrics\":{\"zone1_temp\":1071.5}}'\n",
+			cfg.PublicHost, mqttPort, tenants.MQTTUsername(manual, res.Tenant.Slug), tenants.DemoDeviceSecret, res.Tenant.Slug, manual)
+		fmt.Fprintf(stdout, "  curl -s -H 'Authorization: Bearer %s' '%s/api/v1/devices/%s/series?metric=zone1_temp'\n",
+			tenants.DemoAPIKey, p.httpURL(), manual)
 		fmt.Fprintf(stdout, "  curl -s -H 'Authorization: Bearer %s' '%s/api/v1/devices/%s/buckets?width=1m'\n",
 			tenants.DemoAPIKey, p.httpURL(), d.Key)
 	}

@@ -48,6 +48,9 @@ func demoDevices(tpl *tenants.Template, secret string) []simDevice {
 	var out []simDevice
 	for _, l := range tpl.Demo.Lines {
 		for _, d := range l.Devices {
+			if d.Manual {
+				continue
+			}
 			out = append(out, simDevice{Tenant: tpl.Demo.Slug, Key: d.Key, Secret: secret, Metrics: models[d.Model].Metrics})
 		}
 	}
