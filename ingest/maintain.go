@@ -195,40 +195,46 @@ func (m *Maintainer) Rollup(ctx context.Context) error {
 			}
 		}
 		spans1h = merge(append(spans1h, span{w1h, new1h}))
-
-		for _, s := range spans1m {
-			if !s.lo.Before(s.hi) {
-				continue
-			}
-			if _, err := tx.Exec(ctx, `DELETE FROM telemetry_1m_store WHERE bucket >= $1 AND bucket < $2`, s.lo, s.hi); err != nil {
-				return err
-			}
-			if _, err := tx.Exec(ctx, `INSERT INTO telemetry_1m_store (bucket, tenant_id, device_id, metric_id, sum, count, min, max, last, last_ts)
-				SELECT date_bin(interval '1 minute', ts, timestamptz '2000-01-03 00:00:00+00'), tenant_id, device_id, metric_id,
-				       sum(value), count(*), min(value), max(value), (array_agg(value ORDER BY ts DESC))[1], max(ts)
-				FROM telemetry WHERE ts >= $1 AND ts < $2
-				GROUP BY 1, 2, 3, 4`, s.lo, s.hi); err != nil {
-				return fmt.Errorf("roll up 1m: %w", err)
-			}
+		if err := rebuild(ctx, tx, "telemetry_1m_store", rollup1m, spans1m); err != nil {
+			return fmt.Errorf("roll up 1m: %w", err)
 		}
-		for _, s := range spans1h {
-			if !s.lo.Before(s.hi) {
-				continue
-			}
-			if _, err := tx.Exec(ctx, `DELETE FROM telemetry_1h_store WHERE bucket >= $1 AND bucket < $2`, s.lo, s.hi); err != nil {
-				return err
-			}
-			if _, err := tx.Exec(ctx, `INSERT INTO telemetry_1h_store (bucket, tenant_id, device_id, metric_id, sum, count, min, max, last, last_ts)
-				SELECT date_bin(interval '1 hour', bucket, timestamptz '2000-01-03 00:00:00+00'), tenant_id, device_id, metric_id,
-				       sum(sum), sum(count)::bigint, min(min), max(max), (array_agg(last ORDER BY last_ts DESC))[1], max(last_ts)
-				FROM telemetry_1m_store WHERE bucket >= $1 AND bucket < $2
-				GROUP BY 1, 2, 3, 4`, s.lo, s.hi); err != nil {
-				return fmt.Errorf("roll up 1h: %w", err)
-			}
+		if err := rebuild(ctx, tx, "telemetry_1h_store", rollup1h, spans1h); err != nil {
+			return fmt.Errorf("roll up 1h: %w", err)
 		}
 		_, err = tx.Exec(ctx, `UPDATE telemetry_rollup_state SET watermark = CASE level WHEN '1m' THEN $1::timestamptz ELSE $2::timestamptz END`, new1m, new1h)
 		return err
 	})
+}
+
+// The rollups: 1 min buckets from raw rows, 1 h buckets from 1 min ones, for
+// buckets in [$1, $2).
+const (
+	rollup1m = `INSERT INTO telemetry_1m_store (bucket, tenant_id, device_id, metric_id, sum, count, min, max, last, last_ts)
+		SELECT date_bin(interval '1 minute', ts, timestamptz '2000-01-03 00:00:00+00'), tenant_id, device_id, metric_id,
+		       sum(value), count(*), min(value), max(value), (array_agg(value ORDER BY ts DESC))[1], max(ts)
+		FROM telemetry WHERE ts >= $1 AND ts < $2
+		GROUP BY 1, 2, 3, 4`
+	rollup1h = `INSERT INTO telemetry_1h_store (bucket, tenant_id, device_id, metric_id, sum, count, min, max, last, last_ts)
+		SELECT date_bin(interval '1 hour', bucket, timestamptz '2000-01-03 00:00:00+00'), tenant_id, device_id, metric_id,
+		       sum(sum), sum(count)::bigint, min(min), max(max), (array_agg(last ORDER BY last_ts DESC))[1], max(last_ts)
+		FROM telemetry_1m_store WHERE bucket >= $1 AND bucket < $2
+		GROUP BY 1, 2, 3, 4`
+)
+
+// rebuild replaces the rows of store in each span by what insert computes.
+func rebuild(ctx context.Context, tx pgx.Tx, store, insert string, spans []span) error {
+	for _, s := range spans {
+		if !s.lo.Before(s.hi) {
+			continue
+		}
+		if _, err := tx.Exec(ctx, `DELETE FROM `+store+` WHERE bucket >= $1 AND bucket < $2`, s.lo, s.hi); err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, insert, s.lo, s.hi); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func minTime(a, b time.Time) time.Time {

@@ -77,26 +77,23 @@ func pct(v []float32, p float64) float64 {
 }
 
 func cmdBench(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	var cfg config
-	if err := bindConfig(fs, &cfg, getenv); err != nil {
-		return err
-	}
 	var bc benchConfig
-	fs.IntVar(&bc.Devices, "devices", 1000, "simulated devices, one MQTT connection each")
-	fs.Float64Var(&bc.Rate, "rate", 20, "messages per second per device")
-	fs.IntVar(&bc.Metrics, "metrics", 5, "metrics per message")
-	fs.IntVar(&bc.QoS, "qos", 1, "MQTT QoS (0 or 1)")
-	fs.DurationVar(&bc.Duration, "duration", 2*time.Minute, "sustained phase length (after warm-up)")
-	fs.DurationVar(&bc.Warmup, "warmup", 10*time.Second, "warm-up before measuring")
-	fs.IntVar(&bc.FloodConns, "flood-conns", 10, "connections of the flood phase (0 skips it)")
-	fs.DurationVar(&bc.FloodFor, "flood-duration", 20*time.Second, "flood phase length")
-	fs.IntVar(&bc.FloodPoints, "flood-points", 500, "points per flood message")
-	fs.StringVar(&bc.Out, "out", "", "also write the report to this file")
-	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the sustained phase to this file")
-	if err := fs.Parse(args); err != nil {
-		return errUsage
+	var cpuProfile *string
+	cfg, err := parseCommand("bench", args, getenv, stderr, func(fs *flag.FlagSet) {
+		fs.IntVar(&bc.Devices, "devices", 1000, "simulated devices, one MQTT connection each")
+		fs.Float64Var(&bc.Rate, "rate", 20, "messages per second per device")
+		fs.IntVar(&bc.Metrics, "metrics", 5, "metrics per message")
+		fs.IntVar(&bc.QoS, "qos", 1, "MQTT QoS (0 or 1)")
+		fs.DurationVar(&bc.Duration, "duration", 2*time.Minute, "sustained phase length (after warm-up)")
+		fs.DurationVar(&bc.Warmup, "warmup", 10*time.Second, "warm-up before measuring")
+		fs.IntVar(&bc.FloodConns, "flood-conns", 10, "connections of the flood phase (0 skips it)")
+		fs.DurationVar(&bc.FloodFor, "flood-duration", 20*time.Second, "flood phase length")
+		fs.IntVar(&bc.FloodPoints, "flood-points", 500, "points per flood message")
+		fs.StringVar(&bc.Out, "out", "", "also write the report to this file")
+		cpuProfile = fs.String("cpuprofile", "", "write a CPU profile of the sustained phase to this file")
+	})
+	if err != nil {
+		return err
 	}
 	if bc.Metrics < 1 || bc.Devices < 1 || bc.Rate <= 0 || (bc.QoS != 0 && bc.QoS != 1) {
 		return fmt.Errorf("bench: need devices ≥ 1, rate > 0, metrics ≥ 1 and qos 0 or 1")
@@ -384,20 +381,7 @@ func publishLoop(ctx context.Context, c mqtt.Client, topic string, keys []benchM
 	buf := make([]byte, 0, 256)
 	for sent := int64(0); ; {
 		for due := int64(time.Since(start)/every) + 1; sent < due; sent++ {
-			buf = buf[:0]
-			buf = append(buf, `{"ts":`...)
-			buf = strconv.AppendInt(buf, time.Now().UnixMilli(), 10)
-			buf = append(buf, `,"metrics":{`...)
-			for j, k := range keys {
-				if j > 0 {
-					buf = append(buf, ',')
-				}
-				buf = append(buf, '"')
-				buf = append(buf, k.key...)
-				buf = append(buf, `":`...)
-				buf = strconv.AppendFloat(buf, round(k.lo+(k.hi-k.lo)*rng.Float64(), 3), 'f', -1, 64)
-			}
-			buf = append(buf, `}}`...)
+			buf = appendReading(buf[:0], time.Now(), keys, func(benchMetric) float64 { return rng.Float64() })
 			pending <- c.Publish(topic, qos, false, append([]byte(nil), buf...))
 		}
 		select {
@@ -406,6 +390,24 @@ func publishLoop(ctx context.Context, c mqtt.Client, topic string, keys []benchM
 		case <-tick.C:
 		}
 	}
+}
+
+// appendReading appends one telemetry object with a value for each key,
+// placed at fraction f(k) of the key's range.
+func appendReading(buf []byte, ts time.Time, keys []benchMetric, f func(benchMetric) float64) []byte {
+	buf = append(buf, `{"ts":`...)
+	buf = strconv.AppendInt(buf, ts.UnixMilli(), 10)
+	buf = append(buf, `,"metrics":{`...)
+	for i, k := range keys {
+		if i > 0 {
+			buf = append(buf, ',')
+		}
+		buf = append(buf, '"')
+		buf = append(buf, k.key...)
+		buf = append(buf, `":`...)
+		buf = strconv.AppendFloat(buf, round(k.lo+(k.hi-k.lo)*f(k), 3), 'f', -1, 64)
+	}
+	return append(buf, `}}`...)
 }
 
 // floodLoop publishes arrays of n points as fast as the broker acknowledges,
@@ -423,19 +425,7 @@ func floodLoop(ctx context.Context, c mqtt.Client, topic string, keys []benchMet
 			if j > 0 {
 				buf = append(buf, ',')
 			}
-			buf = append(buf, `{"ts":`...)
-			buf = strconv.AppendInt(buf, now.Add(-time.Duration(per-j)*time.Millisecond).UnixMilli(), 10)
-			buf = append(buf, `,"metrics":{`...)
-			for i, k := range keys {
-				if i > 0 {
-					buf = append(buf, ',')
-				}
-				buf = append(buf, '"')
-				buf = append(buf, k.key...)
-				buf = append(buf, `":`...)
-				buf = strconv.AppendFloat(buf, round(k.lo+(k.hi-k.lo)*float64(j%100)/100, 3), 'f', -1, 64)
-			}
-			buf = append(buf, `}}`...)
+			buf = appendReading(buf, now.Add(-time.Duration(per-j)*time.Millisecond), keys, func(benchMetric) float64 { return float64(j%100) / 100 })
 		}
 		buf = append(buf, ']')
 		select {

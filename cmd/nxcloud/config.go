@@ -107,6 +107,24 @@ func bindConfig(fs *flag.FlagSet, c *config, getenv func(string) string) error {
 	return nil
 }
 
+// parseCommand parses a command's arguments: the shared configuration plus
+// the flags own defines.
+func parseCommand(name string, args []string, getenv func(string) string, stderr io.Writer, own func(*flag.FlagSet)) (config, error) {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var cfg config
+	if err := bindConfig(fs, &cfg, getenv); err != nil {
+		return cfg, err
+	}
+	if own != nil {
+		own(fs)
+	}
+	if err := fs.Parse(args); err != nil {
+		return cfg, errUsage
+	}
+	return cfg, nil
+}
+
 // appURL derives the URL of the row-level-security role from the owner's URL.
 func (c *config) appURL() (string, error) {
 	if c.AppDatabaseURL != "" {

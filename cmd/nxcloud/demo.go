@@ -15,17 +15,16 @@ import (
 const demoOperatorToken = "demo-operator-token"
 
 func cmdDemo(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	var cfg config
-	if err := bindConfig(fs, &cfg, getenv); err != nil {
+	var sector *string
+	var interval *time.Duration
+	var noSim *bool
+	cfg, err := parseCommand("demo", args, getenv, stderr, func(fs *flag.FlagSet) {
+		sector = fs.String("sector", "magnetic-materials", "sector of the demo enterprise")
+		interval = fs.Duration("sim-interval", time.Second, "time between two messages of one simulated device")
+		noSim = fs.Bool("no-simulator", false, "do not start the device simulator")
+	})
+	if err != nil {
 		return err
-	}
-	sector := fs.String("sector", "magnetic-materials", "sector of the demo enterprise")
-	interval := fs.Duration("sim-interval", time.Second, "time between two messages of one simulated device")
-	noSim := fs.Bool("no-simulator", false, "do not start the device simulator")
-	if err := fs.Parse(args); err != nil {
-		return errUsage
 	}
 	if cfg.OperatorToken == "" {
 		cfg.OperatorToken = demoOperatorToken

@@ -12,15 +12,12 @@ import (
 )
 
 func cmdMigrate(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("migrate", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	var cfg config
-	if err := bindConfig(fs, &cfg, getenv); err != nil {
+	var status *bool
+	cfg, err := parseCommand("migrate", args, getenv, stderr, func(fs *flag.FlagSet) {
+		status = fs.Bool("status", false, "list migrations and whether each is applied, then exit")
+	})
+	if err != nil {
 		return err
-	}
-	status := fs.Bool("status", false, "list migrations and whether each is applied, then exit")
-	if err := fs.Parse(args); err != nil {
-		return errUsage
 	}
 	log, err := newLogger(stderr, cfg.LogLevel, cfg.LogFormat)
 	if err != nil {
@@ -66,17 +63,14 @@ func cmdTenant(ctx context.Context, args []string, getenv func(string) string, s
 		fmt.Fprintln(stderr, "usage: nxcloud tenant create --sector magnetic-materials --slug acme-magnets --name 'Acme Magnets Co.'")
 		return errUsage
 	}
-	fs := flag.NewFlagSet("tenant create", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	var cfg config
-	if err := bindConfig(fs, &cfg, getenv); err != nil {
+	var sector, slug, name *string
+	cfg, err := parseCommand("tenant create", args[1:], getenv, stderr, func(fs *flag.FlagSet) {
+		sector = fs.String("sector", "", "sector template id (e.g. magnetic-materials)")
+		slug = fs.String("slug", "", "tenant slug: lower-case letters, digits, '-' (used in MQTT topics)")
+		name = fs.String("name", "", "enterprise name")
+	})
+	if err != nil {
 		return err
-	}
-	sector := fs.String("sector", "", "sector template id (e.g. magnetic-materials)")
-	slug := fs.String("slug", "", "tenant slug: lower-case letters, digits, '-' (used in MQTT topics)")
-	name := fs.String("name", "", "enterprise name")
-	if err := fs.Parse(args[1:]); err != nil {
-		return errUsage
 	}
 	pool, err := openPool(ctx, cfg.DatabaseURL, 2)
 	if err != nil {

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -26,14 +25,9 @@ import (
 )
 
 func cmdServe(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	var cfg config
-	if err := bindConfig(fs, &cfg, getenv); err != nil {
+	cfg, err := parseCommand("serve", args, getenv, stderr, nil)
+	if err != nil {
 		return err
-	}
-	if err := fs.Parse(args); err != nil {
-		return errUsage
 	}
 	log, err := newLogger(stderr, cfg.LogLevel, cfg.LogFormat)
 	if err != nil {
