@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
-	"net"
 	"os"
 	"runtime"
 	"runtime/pprof"
@@ -37,6 +36,7 @@ type benchConfig struct {
 	FloodFor    time.Duration
 	FloodPoints int // points per flood message
 	Out         string
+	Target      string // MQTT URL of a running platform; "" starts one in-process
 }
 
 // latencies collects publish→committed latencies of messages, in ms.
@@ -56,6 +56,14 @@ func (l *latencies) add(committed time.Time, batch []ingest.Item) {
 		if len(it.Points) > 0 {
 			l.v = append(l.v, float32(committed.Sub(it.Points[0].TS).Seconds()*1000))
 		}
+	}
+}
+
+func (l *latencies) addMillis(v []float32) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.on {
+		l.v = append(l.v, v...)
 	}
 }
 
@@ -91,6 +99,7 @@ func cmdBench(ctx context.Context, args []string, getenv func(string) string, st
 		fs.IntVar(&bc.FloodPoints, "flood-points", 500, "points per flood message")
 		fs.StringVar(&bc.Out, "out", "", "also write the report to this file")
 		cpuProfile = fs.String("cpuprofile", "", "write a CPU profile of the sustained phase to this file")
+		fs.StringVar(&bc.Target, "target-mqtt", "", "measure a running nxcloud at this MQTT URL (tcp://host:1883) instead of one started in-process; --database-url must be its database")
 	})
 	if err != nil {
 		return err
@@ -107,12 +116,13 @@ func cmdBench(ctx context.Context, args []string, getenv func(string) string, st
 		return err
 	}
 	lat := &latencies{}
-	p, err := startPlatform(ctx, cfg, log, platformOptions{onCommit: lat.add})
+	tg, err := openBenchTarget(ctx, cfg, bc.Target, log, lat)
 	if err != nil {
 		return err
 	}
-	defer p.shutdown()
+	defer tg.close()
 	say := func(f string, a ...any) { fmt.Fprintf(stderr, "bench: "+f+"\n", a...) }
+	p := tg
 
 	// A tenant of its own, so the run neither sees nor disturbs other data.
 	slug := "bench-" + strconv.FormatInt(time.Now().Unix(), 36)
@@ -134,9 +144,14 @@ func cmdBench(ctx context.Context, args []string, getenv func(string) string, st
 			return err
 		}
 	}
-	_, port, _ := net.SplitHostPort(p.broker.TCPAddr())
-	brokerURL := "tcp://127.0.0.1:" + port
-	st := p.pipe.Stats()
+	brokerURL := tg.brokerURL
+	tg.tenant = t.ID
+	if tg.external {
+		// Publish→committed latency is sampled on 20 probe devices by polling
+		// the database every 20 ms (resolution ±20 ms).
+		tg.probe = newProber(devices[:min(20, bc.Devices)])
+		go tg.probe.poll(ctx, tg, lat)
+	}
 
 	// Phase 1: sustained load from many devices.
 	say("connecting %d devices (QoS %d, %.0f msg/s each, %d metrics a message)", bc.Devices, bc.QoS, bc.Rate, bc.Metrics)
@@ -173,7 +188,7 @@ func cmdBench(ctx context.Context, args []string, getenv func(string) string, st
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				publishLoop(runCtx, clients[i], "v1/"+slug+"/"+devices[i]+"/telemetry", keys, byte(bc.QoS), interval, int64(i), pending)
+				publishLoop(runCtx, clients[i], "v1/"+slug+"/"+devices[i]+"/telemetry", keys, byte(bc.QoS), interval, int64(i), pending, tg.probe.recorder(devices[i]))
 			}()
 		}
 	}
@@ -190,12 +205,12 @@ func cmdBench(ctx context.Context, args []string, getenv func(string) string, st
 			return err
 		}
 	}
-	c0, a0, t0 := st.PointsCommitted.Load(), acked.Load(), time.Now()
+	c0, a0, t0 := tg.committed(ctx), acked.Load(), time.Now()
 	say("measuring for %s", bc.Duration)
 	progress(ctx, stderr, bc.Duration, func() string {
-		return fmt.Sprintf("%d points committed so far, queue %d", st.PointsCommitted.Load()-c0, st.Queued.Load())
+		return fmt.Sprintf("%d points committed so far", tg.committed(ctx)-c0)
 	})
-	c1, a1, t1 := st.PointsCommitted.Load(), acked.Load(), time.Now()
+	c1, a1, t1 := tg.committed(ctx), acked.Load(), time.Now()
 	lats := lat.collect(false)
 	if *cpuProfile != "" {
 		pprof.StopCPUProfile()
@@ -207,7 +222,7 @@ func cmdBench(ctx context.Context, args []string, getenv func(string) string, st
 	}
 	collectors.Wait()
 	say("draining")
-	drainWait(ctx, st)
+	tg.drain(ctx)
 	for _, c := range clients {
 		c.Disconnect(100)
 	}
@@ -240,12 +255,12 @@ func cmdBench(ctx context.Context, args []string, getenv func(string) string, st
 			}()
 		}
 		sleepCtx(ctx, 3*time.Second)
-		f0, ft0 := st.PointsCommitted.Load(), time.Now()
+		f0, ft0 := tg.committed(ctx), time.Now()
 		sleepCtx(ctx, bc.FloodFor)
-		f1, ft1 := st.PointsCommitted.Load(), time.Now()
+		f1, ft1 := tg.committed(ctx), time.Now()
 		stopFlood()
 		fw.Wait()
-		drainWait(ctx, st)
+		tg.drain(ctx)
 		for _, c := range fc {
 			c.Disconnect(100)
 		}
@@ -269,17 +284,18 @@ func cmdBench(ctx context.Context, args []string, getenv func(string) string, st
 	}
 
 	var b strings.Builder
-	fmt.Fprintf(&b, "nxcloud bench — %s, %d CPUs, GOMAXPROCS %d, storage %s\n", time.Now().UTC().Format(time.RFC3339), runtime.NumCPU(), runtime.GOMAXPROCS(0), p.flavor)
+	fmt.Fprintf(&b, "nxcloud bench — %s, %d CPUs, GOMAXPROCS %d, storage %s, platform %s\n", time.Now().UTC().Format(time.RFC3339),
+		runtime.NumCPU(), runtime.GOMAXPROCS(0), p.flavor, map[bool]string{true: "at " + bc.Target, false: "in-process"}[tg.external])
 	fmt.Fprintf(&b, "command: nxcloud bench %s\n", strings.Join(args, " "))
 	fmt.Fprintf(&b, "ingest: %d writers, batch %d points, flush %s\n\n", cfg.IngestWriters, cfg.IngestBatch, cfg.IngestFlush)
 	fmt.Fprintf(&b, "sustained: %d devices × %.0f msg/s × %d metrics, QoS %d, %s measured after %s warm-up\n",
 		bc.Devices, bc.Rate, bc.Metrics, bc.QoS, bc.Duration, bc.Warmup)
 	fmt.Fprintf(&b, "  offered (acknowledged by broker)  %10.0f points/s\n", offered)
 	fmt.Fprintf(&b, "  committed end-to-end              %10.0f points/s\n", sustained)
-	fmt.Fprintf(&b, "  publish→committed latency         p50 %.1f ms  p90 %.1f ms  p99 %.1f ms  max %.1f ms  (%d messages)\n",
-		pct(lats, 50), pct(lats, 90), pct(lats, 99), pct(lats, 100), len(lats))
-	fmt.Fprintf(&b, "  loss: %d points acknowledged by the broker, %d stored, %d rejected, %d publishes failed → %d lost\n",
-		ackedPoints, stored, st.PointsRejected.Load(), failed.Load(), ackedPoints-stored)
+	fmt.Fprintf(&b, "  publish→committed latency         p50 %.1f ms  p90 %.1f ms  p99 %.1f ms  max %.1f ms  (%d messages%s)\n",
+		pct(lats, 50), pct(lats, 90), pct(lats, 99), pct(lats, 100), len(lats), map[bool]string{true: " of 20 probe devices, polled every 20 ms", false: ""}[tg.external])
+	fmt.Fprintf(&b, "  loss: %d points acknowledged by the broker, %d stored, %d publishes failed → %d lost\n",
+		ackedPoints, stored, failed.Load(), ackedPoints-stored)
 	if bc.FloodConns > 0 {
 		fmt.Fprintf(&b, "flood: %d connections × %d points a message\n", bc.FloodConns, bc.FloodPoints)
 		fmt.Fprintf(&b, "  committed end-to-end              %10.0f points/s\n", floodRate)
@@ -308,7 +324,7 @@ type benchMetric struct {
 }
 
 // benchModel picks a device model with at least n metrics.
-func benchModel(ctx context.Context, p *platform, tenant uuid.UUID, n int) (string, []benchMetric, error) {
+func benchModel(ctx context.Context, p *benchTarget, tenant uuid.UUID, n int) (string, []benchMetric, error) {
 	models, err := p.tenants.Models(tenants.WithTenant(ctx, tenant))
 	if err != nil {
 		return "", nil, err
@@ -366,7 +382,7 @@ func connectAll(ctx context.Context, brokerURL, slug string, keys []string, secr
 // publishLoop publishes one message every interval until ctx is done,
 // handing each token to pending.
 func publishLoop(ctx context.Context, c mqtt.Client, topic string, keys []benchMetric, qos byte, every time.Duration, seed int64,
-	pending chan<- mqtt.Token) {
+	pending chan<- mqtt.Token, record func(time.Time)) {
 	rng := rand.New(rand.NewPCG(uint64(seed), 7))
 	select {
 	case <-ctx.Done():
@@ -381,7 +397,11 @@ func publishLoop(ctx context.Context, c mqtt.Client, topic string, keys []benchM
 	buf := make([]byte, 0, 256)
 	for sent := int64(0); ; {
 		for due := int64(time.Since(start)/every) + 1; sent < due; sent++ {
-			buf = appendReading(buf[:0], time.Now(), keys, func(benchMetric) float64 { return rng.Float64() })
+			now := time.Now().Truncate(time.Millisecond)
+			buf = appendReading(buf[:0], now, keys, func(benchMetric) float64 { return rng.Float64() })
+			if record != nil {
+				record(now)
+			}
 			pending <- c.Publish(topic, qos, false, append([]byte(nil), buf...))
 		}
 		select {
@@ -449,7 +469,7 @@ func floodLoop(ctx context.Context, c mqtt.Client, topic string, keys []benchMet
 // rawCopyLimit measures CopyFrom of telemetry rows shaped like ingest's (the
 // same devices, metrics and interleaving as the phase it is compared with),
 // with conns connections in batches of batch rows, for d.
-func rawCopyLimit(ctx context.Context, p *platform, tenant uuid.UUID, keys []string, metrics, perMessage, conns, batch int, d time.Duration) (float64, error) {
+func rawCopyLimit(ctx context.Context, p *benchTarget, tenant uuid.UUID, keys []string, metrics, perMessage, conns, batch int, d time.Duration) (float64, error) {
 	var ids []int32
 	rows, err := p.sys.Query(ctx, `SELECT id FROM metrics WHERE tenant_id = $1 ORDER BY id LIMIT $2`, tenant, metrics)
 	if err != nil {
@@ -533,9 +553,3 @@ func progress(ctx context.Context, w io.Writer, d time.Duration, line func() str
 	}
 }
 
-// drainWait waits until ingest has committed everything queued.
-func drainWait(ctx context.Context, st *ingest.Stats) {
-	for i := 0; i < 600 && ctx.Err() == nil && st.Queued.Load() > 0; i++ {
-		sleepCtx(ctx, 100*time.Millisecond)
-	}
-}
