@@ -552,4 +552,3 @@ func progress(ctx context.Context, w io.Writer, d time.Duration, line func() str
 		fmt.Fprintf(w, "bench: %s left — %s\n", time.Until(end).Round(time.Second), line())
 	}
 }
-
