@@ -20,8 +20,11 @@ type Maintainer struct {
 	timescale bool
 	// Ahead is how many days of partitions exist beyond today.
 	Ahead int
-	// Retention is how long raw telemetry and rollups are kept.
+	// Retention is how long raw telemetry and 1 min rollups are kept.
 	Retention time.Duration
+	// HourlyRetention is how long 1 h rollups are kept (TimescaleDB's policy
+	// on telemetry_1h keeps them as long).
+	HourlyRetention time.Duration
 	log       *slog.Logger
 	now       func() time.Time
 }
@@ -32,7 +35,7 @@ func NewMaintainer(pool *pgxpool.Pool, flavor string, log *slog.Logger) *Maintai
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Maintainer{pool: pool, timescale: flavor == "tsdb", Ahead: 7, Retention: 400 * 24 * time.Hour, log: log, now: time.Now}
+	return &Maintainer{pool: pool, timescale: flavor == "tsdb", Ahead: 7, Retention: 400 * 24 * time.Hour, HourlyRetention: 1825 * 24 * time.Hour, log: log, now: time.Now}
 }
 
 // Run maintains every interval until ctx is done.
@@ -81,7 +84,7 @@ func (m *Maintainer) Partitions(ctx context.Context) error {
 	if _, err := m.pool.Exec(ctx, `DELETE FROM telemetry_1m_store WHERE bucket < $1`, cut); err != nil {
 		return err
 	}
-	if _, err := m.pool.Exec(ctx, `DELETE FROM telemetry_1h_store WHERE bucket < $1`, cut); err != nil {
+	if _, err := m.pool.Exec(ctx, `DELETE FROM telemetry_1h_store WHERE bucket < $1`, today.Add(-m.HourlyRetention)); err != nil {
 		return err
 	}
 	if created+dropped > 0 {

@@ -154,6 +154,13 @@ func Up(ctx context.Context, pool *pgxpool.Pool, opt Options) (string, error) {
 	}
 	defer conn.Exec(context.WithoutCancel(ctx), `SELECT pg_advisory_unlock($1)`, lockKey) //nolint:errcheck
 
+	var version int
+	if err := conn.QueryRow(ctx, `SELECT current_setting('server_version_num')::int`).Scan(&version); err != nil {
+		return "", fmt.Errorf("migrate: server version: %w", err)
+	}
+	if version < 140000 {
+		return "", fmt.Errorf("migrate: PostgreSQL %d.%d is too old: nxcloud needs PostgreSQL 14 or later (date_bin)", version/10000, version%10000)
+	}
 	if _, err := conn.Exec(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (
 		version    integer PRIMARY KEY,
 		name       text NOT NULL,
