@@ -48,7 +48,7 @@ func (w tLog) Write(p []byte) (int, error) {
 
 // newServer builds the server as cmd/nxcloud/serve.go does (api.New registers
 // every route), on env (a new one when nil), plus any extra tenant routes.
-func newServer(t testing.TB, env *tenanttest.Env, operatorToken string, extra ...func(*echo.Group)) *testServer {
+func newServer(t testing.TB, env *tenanttest.Env, operatorToken string, extra ...func(*echo.Group, *tenants.Routes)) *testServer {
 	t.Helper()
 	if env == nil {
 		env = tenanttest.New(t)
@@ -1126,9 +1126,9 @@ func TestNoServerErrors(t *testing.T) {
 // and the server goes on serving.
 func TestPanicIsProblem(t *testing.T) {
 	t.Parallel()
-	s := newServer(t, nil, "", func(g *echo.Group) {
-		g.GET("/test-panic", func(echo.Context) error { panic("secret detail") })
-		g.GET("/test-error", func(echo.Context) error { return errors.New("db password is hunter2") })
+	s := newServer(t, nil, "", func(g *echo.Group, r *tenants.Routes) {
+		r.Add(g, "GET", "/test-panic", tenants.PermTenantRead, func(echo.Context) error { panic("secret detail") })
+		r.Add(g, "GET", "/test-error", tenants.PermTenantRead, func(echo.Context) error { return errors.New("db password is hunter2") })
 	})
 	a := s.env.NewTenant(t)
 	for _, p := range []string{"/api/v1/test-panic", "/api/v1/test-error"} {
@@ -1140,5 +1140,25 @@ func TestPanicIsProblem(t *testing.T) {
 	}
 	if r := s.do(t, "GET", "/api/v1/tenant", bearer(a.APIKey), ""); r.status != 200 {
 		t.Errorf("after a panic: %v", r)
+	}
+}
+
+// Every API route declares the permission it requires (tenants.Routes), so
+// no route is reachable by a principal the authorisation table does not allow.
+func TestEveryRouteDeclaresAPermission(t *testing.T) {
+	s := newServer(t, nil, "token")
+	open := map[string]bool{"/api/v1/openapi.json": true, "/healthz": true, "/readyz": true, "/metrics": true}
+	n := 0
+	for _, r := range s.srv.Routes() {
+		if !strings.HasPrefix(r.Path, "/api/v1") || open[r.Path] || strings.HasPrefix(r.Method, "echo_") {
+			continue
+		}
+		n++
+		if perm, ok := s.srv.Permission(r.Method, r.Path); !ok || perm == "" {
+			t.Errorf("%s %s declares no permission: register it with tenants.Routes.Add", r.Method, r.Path)
+		}
+	}
+	if n < 10 {
+		t.Fatalf("only %d routes checked", n)
 	}
 }

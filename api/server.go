@@ -46,14 +46,15 @@ type Deps struct {
 	Ready func(ctx context.Context) (map[string]string, bool)
 	// ExtraTenant registers more tenant routes (tests use it to prove that a
 	// new route is covered by the isolation suite).
-	ExtraTenant []func(g *echo.Group)
+	ExtraTenant []func(g *echo.Group, r *tenants.Routes)
 }
 
 // Server is the HTTP server.
 type Server struct {
-	e   *echo.Echo
-	srv *http.Server
-	log *slog.Logger
+	e      *echo.Echo
+	srv    *http.Server
+	log    *slog.Logger
+	routes *tenants.Routes
 }
 
 // New builds the server and its routes.
@@ -77,7 +78,7 @@ func New(cfg Config, deps Deps) (*Server, error) {
 		}
 		e.IPExtractor = echo.ExtractIPFromXFFHeader(opts...)
 	}
-	s := &Server{e: e, log: log}
+	s := &Server{e: e, log: log, routes: tenants.NewRoutes()}
 	e.HTTPErrorHandler = s.handleError
 	httpMetrics := newHTTPMetrics(deps.Registry)
 	e.Use(middleware.RequestID())
@@ -106,12 +107,12 @@ func New(cfg Config, deps Deps) (*Server, error) {
 	})
 	th := tenants.NewHandler(deps.Tenants)
 	op := v1.Group("/operator", operatorAuth(cfg.OperatorToken))
-	th.RegisterOperator(op)
+	th.RegisterOperator(op, s.routes)
 	tg := v1.Group("", tenantAuth(deps.Tenants))
-	th.RegisterTenant(tg)
-	telemetry.NewHandler(deps.Telemetry).Register(tg)
+	th.RegisterTenant(tg, s.routes)
+	telemetry.NewHandler(deps.Telemetry).Register(tg, s.routes)
 	for _, r := range deps.ExtraTenant {
-		r(tg)
+		r(tg, s.routes)
 	}
 	s.srv = &http.Server{
 		Handler:           e,
@@ -129,6 +130,10 @@ func (s *Server) Handler() http.Handler { return s.e }
 
 // Routes returns the route table.
 func (s *Server) Routes() []*echo.Route { return s.e.Routes() }
+
+// Permission returns the permission a route requires ("" and false for the
+// routes open to all: health, metrics, the OpenAPI document).
+func (s *Server) Permission(method, path string) (string, bool) { return s.routes.Permission(method, path) }
 
 // Serve serves on ln until Shutdown.
 func (s *Server) Serve(ln net.Listener) error {
@@ -160,6 +165,8 @@ func operatorAuth(token string) echo.MiddlewareFunc {
 			if got == "" || subtle.ConstantTimeCompare([]byte(got), []byte(token)) != 1 {
 				return apps.Errorf(apps.Unauthorized, "operator token required (Authorization: Bearer <token>)")
 			}
+			p := tenants.Principal{Kind: tenants.KindOperator, OrgKind: tenants.OrgOperator, Role: "admin", Name: "bootstrap operator"}
+			c.SetRequest(c.Request().WithContext(tenants.WithPrincipal(c.Request().Context(), p)))
 			return next(c)
 		}
 	}
@@ -176,9 +183,7 @@ func tenantAuth(svc *tenants.Service) echo.MiddlewareFunc {
 			if err != nil {
 				return err
 			}
-			c.Set("principal", p)
-			ctx := tenants.WithTenant(c.Request().Context(), p.TenantID)
-			c.SetRequest(c.Request().WithContext(ctx))
+			c.SetRequest(c.Request().WithContext(tenants.WithPrincipal(c.Request().Context(), p)))
 			return next(c)
 		}
 	}

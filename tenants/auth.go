@@ -150,13 +150,6 @@ func (s *Service) Identity(ctx context.Context, device uuid.UUID) (Identity, err
 	return id, nil
 }
 
-// Principal is who an API request speaks for.
-type Principal struct {
-	Kind     string    // "tenant_key" or "operator"
-	TenantID uuid.UUID // for tenant keys
-	KeyID    uuid.UUID
-	Name     string
-}
 
 // AuthenticateAPIKey resolves a tenant API key ("nxk_<prefix>_<secret>").
 // Errors: unauthorized (unknown, wrong, expired or revoked key, or suspended
@@ -182,7 +175,9 @@ func (s *Service) AuthenticateAPIKey(ctx context.Context, token string) (Princip
 		if err != nil {
 			return Principal{}, err
 		}
-		e.p.Kind = "tenant_key"
+		e.p.Kind = KindAPIKey
+		e.p.OrgKind = OrgEnterprise
+		e.p.Scopes = []string{"*"}
 		e.at = now
 		s.auth.mu.Lock()
 		s.auth.prune(now)

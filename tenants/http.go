@@ -18,22 +18,22 @@ type Handler struct{ svc *Service }
 func NewHandler(svc *Service) *Handler { return &Handler{svc: svc} }
 
 // RegisterOperator adds the operator routes to g.
-func (h *Handler) RegisterOperator(g *echo.Group) {
-	g.GET("/sectors", h.sectors)
-	g.GET("/enterprises", h.enterprises)
-	g.POST("/enterprises", h.createEnterprise)
-	g.GET("/enterprises/:tenant", h.enterprise)
-	g.POST("/enterprises/:tenant/lines", h.createLine)
-	g.POST("/enterprises/:tenant/devices", h.registerDevice)
-	g.PATCH("/enterprises/:tenant/devices/:device", h.setDeviceStatus)
-	g.POST("/enterprises/:tenant/devices/:device/rotate-secret", h.rotateSecret)
+func (h *Handler) RegisterOperator(g *echo.Group, r *Routes) {
+	r.Add(g, http.MethodGet, "/sectors", PermOperate, h.sectors)
+	r.Add(g, http.MethodGet, "/enterprises", PermOperate, h.enterprises)
+	r.Add(g, http.MethodPost, "/enterprises", PermOperate, h.createEnterprise)
+	r.Add(g, http.MethodGet, "/enterprises/:tenant", PermOperate, h.enterprise)
+	r.Add(g, http.MethodPost, "/enterprises/:tenant/lines", PermOperate, h.createLine)
+	r.Add(g, http.MethodPost, "/enterprises/:tenant/devices", PermOperate, h.registerDevice)
+	r.Add(g, http.MethodPatch, "/enterprises/:tenant/devices/:device", PermOperate, h.setDeviceStatus)
+	r.Add(g, http.MethodPost, "/enterprises/:tenant/devices/:device/rotate-secret", PermOperate, h.rotateSecret)
 }
 
 // RegisterTenant adds the tenant routes to g.
-func (h *Handler) RegisterTenant(g *echo.Group) {
-	g.GET("/tenant", h.current)
-	g.GET("/models", h.models)
-	g.GET("/lines", h.lines)
+func (h *Handler) RegisterTenant(g *echo.Group, r *Routes) {
+	r.Add(g, http.MethodGet, "/tenant", PermTenantRead, h.current)
+	r.Add(g, http.MethodGet, "/models", PermDevicesRead, h.models)
+	r.Add(g, http.MethodGet, "/lines", PermDevicesRead, h.lines)
 }
 
 func (h *Handler) sectors(c echo.Context) error {

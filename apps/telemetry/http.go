@@ -9,6 +9,7 @@ import (
 	"github.com/labstack/echo/v4"
 
 	"github.com/nxcloud/nxcloud/apps"
+	"github.com/nxcloud/nxcloud/tenants"
 )
 
 // Handler serves the telemetry API.
@@ -21,12 +22,12 @@ type Handler struct {
 func NewHandler(svc *Service) *Handler { return &Handler{svc: svc, now: time.Now} }
 
 // Register adds the routes to g (the tenant API group).
-func (h *Handler) Register(g *echo.Group) {
-	g.GET("/devices", h.list)
-	g.GET("/devices/:device", h.get)
-	g.GET("/devices/:device/series", h.raw)
-	g.GET("/devices/:device/buckets", h.buckets)
-	g.GET("/dead-letters", h.deadLetters)
+func (h *Handler) Register(g *echo.Group, r *tenants.Routes) {
+	r.Add(g, http.MethodGet, "/devices", tenants.PermDevicesRead, h.list)
+	r.Add(g, http.MethodGet, "/devices/:device", tenants.PermDevicesRead, h.get)
+	r.Add(g, http.MethodGet, "/devices/:device/series", tenants.PermTelemetryRead, h.raw)
+	r.Add(g, http.MethodGet, "/devices/:device/buckets", tenants.PermTelemetryRead, h.buckets)
+	r.Add(g, http.MethodGet, "/dead-letters", tenants.PermTelemetryRead, h.deadLetters)
 }
 
 func (h *Handler) list(c echo.Context) error {

@@ -1,0 +1,196 @@
+package tenants
+
+import (
+	"context"
+	"slices"
+	"strings"
+	"sync"
+
+	"github.com/google/uuid"
+	"github.com/labstack/echo/v4"
+
+	"github.com/nxcloud/nxcloud/apps"
+)
+
+// Principal kinds.
+const (
+	KindUser     = "user"
+	KindAPIKey   = "api_key"
+	KindOperator = "operator"
+)
+
+// Organisation kinds (DESIGN §1).
+const (
+	OrgEnterprise  = "enterprise"
+	OrgContractor  = "contractor"
+	OrgAssociation = "association"
+	OrgOperator    = "operator"
+)
+
+// Principal is who an API request speaks for, and on which tenant.
+type Principal struct {
+	Kind    string    // KindUser, KindAPIKey or KindOperator
+	UserID  uuid.UUID // users
+	KeyID   uuid.UUID // API keys
+	OrgID   uuid.UUID // the principal's organisation
+	OrgKind string    // OrgEnterprise, OrgContractor, OrgAssociation, OrgOperator
+	Role    string    // the user's role in its organisation
+	// TenantID is the tenant the request acts on: an enterprise's own; for a
+	// contractor, the granting tenant it named (header X-Nx-Tenant).
+	TenantID uuid.UUID
+	// Scopes bound what an API key or a contractor grant allows ("*": all of
+	// the role's permissions).
+	Scopes []string
+	Name   string
+}
+
+// Permissions. A route requires exactly one; roles, API key scopes and
+// contractor grants are sets of them.
+const (
+	PermTenantRead     = "tenant:read"
+	PermDevicesRead    = "devices:read"
+	PermDevicesWrite   = "devices:write"
+	PermTelemetryRead  = "telemetry:read"
+	PermUsersRead      = "users:read"
+	PermUsersWrite     = "users:write"
+	PermKeysWrite      = "keys:write"
+	PermGrantsRead     = "grants:read"
+	PermGrantsWrite    = "grants:write"
+	PermAuditRead      = "audit:read"
+	PermModulesDeploy  = "modules:deploy"
+	PermBenchmarksRead = "benchmarks:read"
+	// Operator permissions: sectors, templates, plans and tenants' status; no
+	// business data.
+	PermOperate = "platform:operate"
+)
+
+// rolePermissions is the one table that maps roles to permissions.
+var rolePermissions = map[string]map[string][]string{
+	OrgEnterprise: {
+		"owner":    {PermTenantRead, PermDevicesRead, PermDevicesWrite, PermTelemetryRead, PermUsersRead, PermUsersWrite, PermKeysWrite, PermGrantsRead, PermGrantsWrite, PermAuditRead, PermBenchmarksRead},
+		"admin":    {PermTenantRead, PermDevicesRead, PermDevicesWrite, PermTelemetryRead, PermUsersRead, PermUsersWrite, PermKeysWrite, PermGrantsRead, PermGrantsWrite, PermAuditRead, PermBenchmarksRead},
+		"engineer": {PermTenantRead, PermDevicesRead, PermDevicesWrite, PermTelemetryRead, PermBenchmarksRead},
+		"operator": {PermTenantRead, PermDevicesRead, PermTelemetryRead},
+		"viewer":   {PermTenantRead, PermDevicesRead, PermTelemetryRead},
+	},
+	// A contractor member's rights on a tenant are exactly its grant's scopes.
+	OrgContractor:  {"member": nil},
+	OrgAssociation: {"analyst": {PermBenchmarksRead}},
+	OrgOperator:    {"admin": {PermOperate}},
+}
+
+// GrantableScopes are the scopes an enterprise may grant a contractor.
+var GrantableScopes = []string{PermTenantRead, PermDevicesRead, PermDevicesWrite, PermTelemetryRead, PermModulesDeploy}
+
+// Roles returns the roles of an organisation kind.
+func Roles(orgKind string) []string {
+	var out []string
+	for r := range rolePermissions[orgKind] {
+		out = append(out, r)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// ValidRole reports whether role exists for an organisation kind.
+func ValidRole(orgKind, role string) bool {
+	_, ok := rolePermissions[orgKind][role]
+	return ok
+}
+
+// Authorize is the one place that decides whether p may use perm on its
+// tenant. It returns nil or a forbidden error. Contractors are decided by
+// their grant's scopes, which the authentication step put in p.Scopes after
+// checking the grant is live; API keys by their scopes within the enterprise
+// role table.
+func Authorize(p Principal, perm string) error {
+	allowed := false
+	switch {
+	case p.Kind == KindOperator:
+		allowed = perm == PermOperate
+	case p.OrgKind == OrgContractor:
+		allowed = p.TenantID != uuid.Nil && perm != PermOperate && slices.Contains(p.Scopes, perm)
+	case p.Kind == KindAPIKey:
+		allowed = p.TenantID != uuid.Nil && perm != PermOperate &&
+			(slices.Contains(p.Scopes, "*") || slices.Contains(p.Scopes, perm))
+	default:
+		allowed = slices.Contains(rolePermissions[p.OrgKind][p.Role], perm) &&
+			(perm == PermOperate || p.TenantID != uuid.Nil || p.OrgKind == OrgAssociation)
+	}
+	if !allowed {
+		return apps.Errorf(apps.Forbidden, "not allowed: %s", perm)
+	}
+	return nil
+}
+
+type principalKey struct{}
+
+// WithPrincipal returns ctx carrying p (and p's tenant, for InTx).
+func WithPrincipal(ctx context.Context, p Principal) context.Context {
+	ctx = context.WithValue(ctx, principalKey{}, p)
+	if p.TenantID != uuid.Nil {
+		ctx = WithTenant(ctx, p.TenantID)
+	}
+	return ctx
+}
+
+// PrincipalFrom returns the principal of ctx.
+func PrincipalFrom(ctx context.Context) (Principal, bool) {
+	p, ok := ctx.Value(principalKey{}).(Principal)
+	return p, ok
+}
+
+// Routes registers routes with the permission each requires, and remembers
+// them, so a test can prove every route declares one.
+type Routes struct {
+	mu    sync.Mutex
+	perms map[string]string // "GET /api/v1/devices" → permission
+}
+
+// NewRoutes returns an empty route table.
+func NewRoutes() *Routes { return &Routes{perms: map[string]string{}} }
+
+// Add registers h on g for method and path, requiring perm.
+func (r *Routes) Add(g *echo.Group, method, path, perm string, h echo.HandlerFunc) {
+	route := g.Add(method, path, h, Require(perm))
+	r.mu.Lock()
+	r.perms[method+" "+route.Path] = perm
+	r.mu.Unlock()
+}
+
+// Permission returns the permission a route requires.
+func (r *Routes) Permission(method, path string) (string, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	p, ok := r.perms[method+" "+path]
+	return p, ok
+}
+
+// Require is the middleware that authorises perm for the request's principal.
+func Require(perm string) echo.MiddlewareFunc {
+	return func(next echo.HandlerFunc) echo.HandlerFunc {
+		return func(c echo.Context) error {
+			p, ok := PrincipalFrom(c.Request().Context())
+			if !ok {
+				return apps.Errorf(apps.Unauthorized, "authentication required")
+			}
+			if err := Authorize(p, perm); err != nil {
+				return err
+			}
+			return next(c)
+		}
+	}
+}
+
+// hasScope reports whether scopes (comma or space separated) are all grantable.
+func validScopes(scopes []string) error {
+	for _, s := range scopes {
+		if !slices.Contains(GrantableScopes, s) && !strings.HasPrefix(s, "apps:") {
+			return apps.FieldError("scopes", "unknown scope %q; grantable: %s, apps:<name>", s, strings.Join(GrantableScopes, ", "))
+		}
+	}
+	if len(scopes) == 0 {
+		return apps.FieldError("scopes", "at least one scope is required")
+	}
+	return nil
+}
