@@ -133,7 +133,9 @@ func (s *Server) Routes() []*echo.Route { return s.e.Routes() }
 
 // Permission returns the permission a route requires ("" and false for the
 // routes open to all: health, metrics, the OpenAPI document).
-func (s *Server) Permission(method, path string) (string, bool) { return s.routes.Permission(method, path) }
+func (s *Server) Permission(method, path string) (string, bool) {
+	return s.routes.Permission(method, path)
+}
 
 // Serve serves on ln until Shutdown.
 func (s *Server) Serve(ln net.Listener) error {

@@ -25,8 +25,8 @@ type Maintainer struct {
 	// HourlyRetention is how long 1 h rollups are kept (TimescaleDB's policy
 	// on telemetry_1h keeps them as long).
 	HourlyRetention time.Duration
-	log       *slog.Logger
-	now       func() time.Time
+	log             *slog.Logger
+	now             func() time.Time
 }
 
 // NewMaintainer returns a Maintainer for a database of the given flavor

@@ -150,7 +150,6 @@ func (s *Service) Identity(ctx context.Context, device uuid.UUID) (Identity, err
 	return id, nil
 }
 
-
 // AuthenticateAPIKey resolves a tenant API key ("nxk_<prefix>_<secret>").
 // Errors: unauthorized (unknown, wrong, expired or revoked key, or suspended
 // tenant — all alike).
