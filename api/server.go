@@ -51,10 +51,11 @@ type Deps struct {
 
 // Server is the HTTP server.
 type Server struct {
-	e      *echo.Echo
-	srv    *http.Server
-	log    *slog.Logger
-	routes *tenants.Routes
+	e       *echo.Echo
+	srv     *http.Server
+	log     *slog.Logger
+	routes  *tenants.Routes
+	tenants *tenants.Service
 }
 
 // New builds the server and its routes.
@@ -78,7 +79,7 @@ func New(cfg Config, deps Deps) (*Server, error) {
 		}
 		e.IPExtractor = echo.ExtractIPFromXFFHeader(opts...)
 	}
-	s := &Server{e: e, log: log, routes: tenants.NewRoutes()}
+	s := &Server{e: e, log: log, routes: tenants.NewRoutes(), tenants: deps.Tenants}
 	e.HTTPErrorHandler = s.handleError
 	httpMetrics := newHTTPMetrics(deps.Registry)
 	e.Use(middleware.RequestID())
@@ -106,9 +107,10 @@ func New(cfg Config, deps Deps) (*Server, error) {
 		return c.Blob(http.StatusOK, "application/json", openapiDoc)
 	})
 	th := tenants.NewHandler(deps.Tenants)
-	op := v1.Group("/operator", operatorAuth(cfg.OperatorToken))
+	th.RegisterPublic(v1.Group("/auth"), s.routes)
+	op := v1.Group("/operator", operatorAuth(cfg.OperatorToken, deps.Tenants), s.audit)
 	th.RegisterOperator(op, s.routes)
-	tg := v1.Group("", tenantAuth(deps.Tenants))
+	tg := v1.Group("", tenantAuth(deps.Tenants), s.audit)
 	th.RegisterTenant(tg, s.routes)
 	telemetry.NewHandler(deps.Telemetry).Register(tg, s.routes)
 	for _, r := range deps.ExtraTenant {
@@ -157,35 +159,74 @@ func bearer(c echo.Context) string {
 	return ""
 }
 
-func operatorAuth(token string) echo.MiddlewareFunc {
+// operatorAuth admits the bootstrap operator token or a session of a member of
+// an operator organisation.
+func operatorAuth(token string, svc *tenants.Service) echo.MiddlewareFunc {
 	return func(next echo.HandlerFunc) echo.HandlerFunc {
 		return func(c echo.Context) error {
-			if token == "" {
-				return apps.Errorf(apps.Forbidden, "the operator API is disabled: set NXCLOUD_OPERATOR_TOKEN")
-			}
 			got := bearer(c)
-			if got == "" || subtle.ConstantTimeCompare([]byte(got), []byte(token)) != 1 {
+			var p tenants.Principal
+			switch {
+			case strings.HasPrefix(got, sessionTag):
+				sp, err := svc.AuthenticateSession(c.Request().Context(), got)
+				if err != nil {
+					return err
+				}
+				if sp.OrgKind != tenants.OrgOperator {
+					return apps.Errorf(apps.Forbidden, "the operator API is for platform operators")
+				}
+				p = sp
+			case token == "":
+				return apps.Errorf(apps.Forbidden, "the operator API is disabled: set NXCLOUD_OPERATOR_TOKEN or sign in as an operator")
+			case got == "" || subtle.ConstantTimeCompare([]byte(got), []byte(token)) != 1:
 				return apps.Errorf(apps.Unauthorized, "operator token required (Authorization: Bearer <token>)")
+			default:
+				p = tenants.Principal{Kind: tenants.KindOperator, OrgKind: tenants.OrgOperator, Role: "admin", Name: "bootstrap operator"}
 			}
-			p := tenants.Principal{Kind: tenants.KindOperator, OrgKind: tenants.OrgOperator, Role: "admin", Name: "bootstrap operator"}
 			c.SetRequest(c.Request().WithContext(tenants.WithPrincipal(c.Request().Context(), p)))
 			return next(c)
 		}
 	}
 }
 
+const (
+	apiKeyTag  = "nxk_"
+	sessionTag = "nxs_"
+	// TenantHeader names the tenant a contractor acts on.
+	TenantHeader = "X-Nx-Tenant"
+)
+
+// tenantAuth resolves the principal of a tenant request: an API key, or a
+// user's session; a contractor names the granting tenant in X-Nx-Tenant and
+// is admitted only through a live grant.
 func tenantAuth(svc *tenants.Service) echo.MiddlewareFunc {
 	return func(next echo.HandlerFunc) echo.HandlerFunc {
 		return func(c echo.Context) error {
+			ctx := c.Request().Context()
 			tok := bearer(c)
-			if tok == "" {
-				return apps.Errorf(apps.Unauthorized, "API key required (Authorization: Bearer nxk_...)")
+			var p tenants.Principal
+			var err error
+			switch {
+			case strings.HasPrefix(tok, apiKeyTag):
+				p, err = svc.AuthenticateAPIKey(ctx, tok)
+			case strings.HasPrefix(tok, sessionTag):
+				p, err = svc.AuthenticateSession(ctx, tok)
+			default:
+				return apps.Errorf(apps.Unauthorized, "credentials required (Authorization: Bearer nxk_… API key or nxs_… session)")
 			}
-			p, err := svc.AuthenticateAPIKey(c.Request().Context(), tok)
 			if err != nil {
 				return err
 			}
-			c.SetRequest(c.Request().WithContext(tenants.WithPrincipal(c.Request().Context(), p)))
+			if p.OrgKind == tenants.OrgContractor {
+				ref := c.Request().Header.Get(TenantHeader)
+				if ref == "" {
+					return apps.Errorf(apps.Forbidden, "a contractor names the tenant it acts on in the %s header", TenantHeader)
+				}
+				if p, err = svc.ContractorTenant(ctx, p, ref); err != nil {
+					return err
+				}
+			}
+			c.SetRequest(c.Request().WithContext(tenants.WithPrincipal(ctx, p)))
 			return next(c)
 		}
 	}

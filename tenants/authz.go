@@ -158,6 +158,18 @@ func (r *Routes) Add(g *echo.Group, method, path, perm string, h echo.HandlerFun
 	r.mu.Unlock()
 }
 
+// PermPublic marks the few routes open without authentication (login,
+// accepting an invitation).
+const PermPublic = "public"
+
+// AddPublic registers h on g for method and path without authentication.
+func (r *Routes) AddPublic(g *echo.Group, method, path string, h echo.HandlerFunc) {
+	route := g.Add(method, path, h)
+	r.mu.Lock()
+	r.perms[method+" "+route.Path] = PermPublic
+	r.mu.Unlock()
+}
+
 // Permission returns the permission a route requires.
 func (r *Routes) Permission(method, path string) (string, bool) {
 	r.mu.Lock()

@@ -27,6 +27,13 @@ func (h *Handler) RegisterOperator(g *echo.Group, r *Routes) {
 	r.Add(g, http.MethodPost, "/enterprises/:tenant/devices", PermOperate, h.registerDevice)
 	r.Add(g, http.MethodPatch, "/enterprises/:tenant/devices/:device", PermOperate, h.setDeviceStatus)
 	r.Add(g, http.MethodPost, "/enterprises/:tenant/devices/:device/rotate-secret", PermOperate, h.rotateSecret)
+	h.registerOperatorOrgs(g, r)
+	h.registerOperatorImport(g, r)
+}
+
+// RegisterPublic adds the routes open without authentication to g.
+func (h *Handler) RegisterPublic(g *echo.Group, r *Routes) {
+	h.registerAuth(g, r)
 }
 
 // RegisterTenant adds the tenant routes to g.
@@ -34,6 +41,9 @@ func (h *Handler) RegisterTenant(g *echo.Group, r *Routes) {
 	r.Add(g, http.MethodGet, "/tenant", PermTenantRead, h.current)
 	r.Add(g, http.MethodGet, "/models", PermDevicesRead, h.models)
 	r.Add(g, http.MethodGet, "/lines", PermDevicesRead, h.lines)
+	h.registerUsers(g, r)
+	h.registerGrants(g, r)
+	h.registerDeviceAdmin(g, r)
 }
 
 func (h *Handler) sectors(c echo.Context) error {
