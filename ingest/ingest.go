@@ -105,7 +105,10 @@ type Pipeline struct {
 	wg       sync.WaitGroup // telemetry and event writers
 	deadWG   sync.WaitGroup // the dead-letter writer, stopped last
 	closed   chan struct{}
-	stats    Stats
+	// stop is closed first by Close, so a Handle blocked on a full queue lets
+	// go of mu and Close can take it.
+	stop  chan struct{}
+	stats Stats
 }
 
 // Stats are the pipeline's counters since start.
@@ -144,6 +147,7 @@ func New(cfg Config, pool *pgxpool.Pool, schemas SchemaSource, hot *Hot) *Pipeli
 		dead:    make(chan DeadLetter, 4096),
 		events:  make(chan event, 4096),
 		closed:  make(chan struct{}),
+		stop:    make(chan struct{}),
 	}
 }
 
@@ -167,6 +171,7 @@ func (p *Pipeline) Start() {
 func (p *Pipeline) Close(ctx context.Context) error {
 	done := make(chan struct{})
 	p.stopOnce.Do(func() {
+		close(p.stop)
 		p.mu.Lock()
 		p.closing = true
 		close(p.items)
@@ -255,7 +260,14 @@ func (p *Pipeline) handleTelemetry(ctx context.Context, m broker.Message) error 
 	}
 	p.stats.PointsAccepted.Add(n)
 	p.stats.Queued.Add(n)
-	p.items <- Item{Tenant: id.TenantID, Device: id.DeviceID, Received: m.Received, Points: points}
+	select {
+	case p.items <- Item{Tenant: id.TenantID, Device: id.DeviceID, Received: m.Received, Points: points}:
+	case <-p.stop:
+		p.stats.PointsAccepted.Add(-n)
+		p.stats.Queued.Add(-n)
+		p.room.Release(n)
+		return ErrOverloaded
+	}
 	if p.hot != nil {
 		p.hot.Seen(id.TenantID, id.DeviceID, m.Received)
 	}
