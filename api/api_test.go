@@ -215,8 +215,12 @@ func (s *testServer) routes() []*echo.Route {
 func isOperatorRoute(r *echo.Route) bool { return strings.HasPrefix(r.Path, "/api/v1/operator/") }
 
 func isTenantRoute(r *echo.Route) bool {
-	return strings.HasPrefix(r.Path, "/api/v1/") && !isOperatorRoute(r) && r.Path != "/api/v1/openapi.json"
+	return strings.HasPrefix(r.Path, "/api/v1/") && !isOperatorRoute(r) && !isAuthRoute(r) && r.Path != "/api/v1/openapi.json"
 }
+
+// isAuthRoute reports the sign-in routes, which authenticate by what they
+// carry (identity_test.go covers them).
+func isAuthRoute(r *echo.Route) bool { return strings.HasPrefix(r.Path, "/api/v1/auth/") }
 
 // fill substitutes every :param of an echo path with fill(param).
 func fill(path string, value func(param string) string) string {
@@ -658,9 +662,19 @@ func metricOf(t testing.TB, env *tenanttest.Env, tn tenanttest.Tenant, model, ke
 
 // (d) Tenant isolation, generated from the route table: every tenant GET
 // route, with its path parameters filled with tenant A's ids and keys, answers
-// tenant B 404, and list routes never show B anything of A's.
+// tenant B 404, and list routes never show B anything of A's — for API keys
+// and for users' sessions alike.
 func TestTenantIsolation(t *testing.T) {
 	t.Parallel()
+	for _, principal := range []string{"API key", "session"} {
+		t.Run(principal, func(t *testing.T) {
+			t.Parallel()
+			tenantIsolation(t, principal)
+		})
+	}
+}
+
+func tenantIsolation(t *testing.T, principal string) {
 	const token = "operator-token-isolation"
 	s := newServer(t, nil, token)
 	env := s.env
@@ -685,6 +699,19 @@ func TestTenantIsolation(t *testing.T) {
 	seedPoints(t, env, a.ID, sharedA.ID, d50.ID, []time.Time{now.Add(-5 * time.Minute)}, []float64{4.4})
 	dlA := seedDeadLetter(t, env, a.ID, &devA.ID, "v1/"+a.Slug+"/"+devA.Key+"/telemetry", "unknown_metric")
 	dlB := seedDeadLetter(t, env, b.ID, &devB.ID, "v1/"+b.Slug+"/"+devB.Key+"/telemetry", "unknown_metric")
+	// Each enterprise has an owner; B speaks with its API key or its owner's
+	// session.
+	ownerA, ownerB := env.Member(t, a.ID, "owner"), env.Member(t, b.ID, "owner")
+	sessA := env.Session(t, ownerA, a.ID)
+	credA, credB := bearer(a.APIKey), bearer(b.APIKey)
+	if principal == "session" {
+		credA, credB = bearer(sessA), bearer(env.Session(t, ownerB, b.ID))
+	}
+
+	// A grant to a contractor, which A's audit log records.
+	contractorC := env.Org(t, tenants.OrgContractor)
+	grantA := decode[tenants.Grant](t, "A's grant", s.do(t, "POST", "/api/v1/grants", bearer(a.APIKey),
+		grantBody(contractorC, time.Now().Add(time.Hour), tenants.PermDevicesRead)), http.StatusCreated)
 
 	modelsA, err := env.Tenants.Models(a.Ctx())
 	if err != nil {
@@ -694,7 +721,8 @@ func TestTenantIsolation(t *testing.T) {
 	markers := map[string]string{
 		"A's tenant id": a.ID.String(), "A's slug": a.Slug, "A's device id": devA.ID.String(), "A's device key": devA.Key,
 		"A's shared device id": sharedA.ID.String(), "A's line id": lineA.ID.String(), "A's line key": lineA.Key,
-		"A's API key": a.APIKey,
+		"A's API key": a.APIKey, "A's owner id": ownerA.ID.String(), "A's owner email": ownerA.Email, "A's session": sessA,
+		"A's grant id": grantA.ID.String(),
 	}
 	for _, m := range modelsA {
 		markers["A's model "+m.Key] = m.ID.String()
@@ -714,6 +742,7 @@ func TestTenantIsolation(t *testing.T) {
 	// new ones here.
 	fills := map[string][]string{
 		"device": {devA.ID.String(), devA.Key, strings.ToUpper(devA.ID.String())},
+		"grant":  {grantA.ID.String(), strings.ToUpper(grantA.ID.String())},
 	}
 	// Query parameters a route needs to answer A 200.
 	routeQuery := map[string]string{
@@ -747,7 +776,7 @@ func TestTenantIsolation(t *testing.T) {
 				target += "?" + q
 			}
 			checked++
-			ra := s.do(t, "GET", target, bearer(a.APIKey), "")
+			ra := s.do(t, "GET", target, credA, "")
 			if ra.status != http.StatusOK {
 				t.Errorf("GET %s as A = %v, want 200 (teach the test the query parameters the route needs: routeQuery)", target, ra)
 				continue
@@ -755,7 +784,7 @@ func TestTenantIsolation(t *testing.T) {
 			if len(leaks(ra.body, "")) == 0 {
 				t.Errorf("GET %s as A shows nothing of A's, so the isolation check proves nothing: seed tenant A with data this route returns", target)
 			}
-			rb := s.do(t, "GET", target, bearer(b.APIKey), "")
+			rb := s.do(t, "GET", target, credB, "")
 			if len(params) > 0 {
 				wantProblem(t, "GET "+target+" as B", rb, http.StatusNotFound, apps.NotFound, "")
 			} else if rb.status != http.StatusOK {
@@ -784,10 +813,10 @@ func TestTenantIsolation(t *testing.T) {
 					target += "&" + q
 				}
 				checked++
-				if ra := s.do(t, "GET", target, bearer(a.APIKey), ""); ra.status != http.StatusOK && len(params) == 0 {
+				if ra := s.do(t, "GET", target, credA, ""); ra.status != http.StatusOK && len(params) == 0 {
 					t.Errorf("GET %s as A = %v, want 200", target, ra)
 				}
-				rb := s.do(t, "GET", target, bearer(b.APIKey), "")
+				rb := s.do(t, "GET", target, credB, "")
 				wantProblem(t, "GET "+target+" as B", rb, http.StatusNotFound, apps.NotFound, "")
 				if l := leaks(rb.body, target); len(l) > 0 {
 					t.Errorf("GET %s as B shows %s", target, strings.Join(l, ", "))
@@ -801,22 +830,22 @@ func TestTenantIsolation(t *testing.T) {
 
 	// B's own data is there (the 404s above are not a broken route).
 	for _, p := range []string{"/api/v1/devices/" + devB.Key, "/api/v1/devices/" + devB.ID.String()} {
-		if got := decode[telemetry.DeviceState](t, p, s.do(t, "GET", p, bearer(b.APIKey), ""), 200); got.ID != devB.ID {
+		if got := decode[telemetry.DeviceState](t, p, s.do(t, "GET", p, credB, ""), 200); got.ID != devB.ID {
 			t.Errorf("GET %s as B = %s", p, got.ID)
 		}
 	}
-	shared := decode[telemetry.DeviceState](t, "shared key", s.do(t, "GET", "/api/v1/devices/"+sharedB.Key, bearer(b.APIKey), ""), 200)
+	shared := decode[telemetry.DeviceState](t, "shared key", s.do(t, "GET", "/api/v1/devices/"+sharedB.Key, credB, ""), 200)
 	if shared.ID != sharedB.ID || shared.TenantID != b.ID || len(shared.Latest) != 0 {
 		t.Errorf("B's device with A's key = %+v, want B's own, without A's values", shared)
 	}
-	series := decode[telemetry.RawSeries](t, "shared series", s.do(t, "GET", "/api/v1/devices/"+sharedB.Key+"/series?metric=d50_um", bearer(b.APIKey), ""), 200)
+	series := decode[telemetry.RawSeries](t, "shared series", s.do(t, "GET", "/api/v1/devices/"+sharedB.Key+"/series?metric=d50_um", credB, ""), 200)
 	if len(series.Points) != 0 {
 		t.Errorf("B's device with A's key shows A's points: %+v", series.Points)
 	}
-	if series := decode[telemetry.RawSeries](t, "A's series", s.do(t, "GET", "/api/v1/devices/"+sharedA.Key+"/series?metric=d50_um", bearer(a.APIKey), ""), 200); len(series.Points) != 1 {
+	if series := decode[telemetry.RawSeries](t, "A's series", s.do(t, "GET", "/api/v1/devices/"+sharedA.Key+"/series?metric=d50_um", credA, ""), 200); len(series.Points) != 1 {
 		t.Errorf("A's series = %+v, want its one point", series.Points)
 	}
-	dl := decode[telemetry.DeadLetterPage](t, "B's dead letters", s.do(t, "GET", "/api/v1/dead-letters", bearer(b.APIKey), ""), 200)
+	dl := decode[telemetry.DeadLetterPage](t, "B's dead letters", s.do(t, "GET", "/api/v1/dead-letters", credB, ""), 200)
 	for _, x := range dl.Items {
 		if x.ID == dlA {
 			t.Errorf("B sees A's dead letter %d", dlA)

@@ -83,7 +83,8 @@ func New(cfg Config, deps Deps) (*Server, error) {
 	e.HTTPErrorHandler = s.handleError
 	httpMetrics := newHTTPMetrics(deps.Registry)
 	e.Use(middleware.RequestID())
-	e.Use(middleware.BodyLimit("2M"))
+	e.Use(s.requestContext)
+	e.Use(middleware.BodyLimit("2MiB")) // "2M" would be 2,000,000 bytes
 	e.Use(s.recoverer)
 	e.Use(httpMetrics.middleware)
 	e.Use(s.accessLog)
@@ -243,7 +244,7 @@ type Problem struct {
 	RequestID string `json:"request_id,omitempty"`
 }
 
-var statusOf = map[string]int{
+var codeStatus = map[string]int{
 	apps.Invalid:       http.StatusBadRequest,
 	apps.NotFound:      http.StatusNotFound,
 	apps.Conflict:      http.StatusConflict,
@@ -254,22 +255,40 @@ var statusOf = map[string]int{
 	apps.Internal:      http.StatusInternalServerError,
 }
 
+// statusOf is the HTTP status handleError answers err with (499, nginx's
+// "client closed request", when the client went away).
+func statusOf(err error) int {
+	var ae *apps.Error
+	var he *echo.HTTPError
+	switch {
+	case errors.As(err, &ae):
+		if st := codeStatus[ae.Code]; st != 0 {
+			return st
+		}
+	case errors.As(err, &he):
+		return he.Code
+	case errors.Is(err, context.Canceled):
+		return 499
+	}
+	return http.StatusInternalServerError
+}
+
 func (s *Server) handleError(err error, c echo.Context) {
 	if c.Response().Committed {
+		// A streamed answer cut short: the client sees a truncated body.
+		if !errors.Is(err, context.Canceled) {
+			s.log.Warn("request failed after its answer began", "err", err, "route", c.Path(),
+				"request_id", c.Response().Header().Get(echo.HeaderXRequestID))
+		}
 		return
 	}
-	p := Problem{RequestID: c.Response().Header().Get(echo.HeaderXRequestID)}
+	p := Problem{RequestID: c.Response().Header().Get(echo.HeaderXRequestID), Status: statusOf(err)}
 	var ae *apps.Error
 	var he *echo.HTTPError
 	switch {
 	case errors.As(err, &ae):
 		p.Code, p.Detail, p.Field = ae.Code, ae.Message, ae.Field
-		p.Status = statusOf[ae.Code]
-		if p.Status == 0 {
-			p.Status = http.StatusInternalServerError
-		}
 	case errors.As(err, &he):
-		p.Status = he.Code
 		p.Detail = http.StatusText(he.Code)
 		if m, ok := he.Message.(string); ok {
 			p.Detail = m

@@ -59,6 +59,9 @@ const (
 	PermAuditRead      = "audit:read"
 	PermModulesDeploy  = "modules:deploy"
 	PermBenchmarksRead = "benchmarks:read"
+	// PermSelfRead lets any signed-in principal read who it is (GET /me);
+	// every role holds it, whatever its organisation and tenant.
+	PermSelfRead = "self:read"
 	// Operator permissions: sectors, templates, plans and tenants' status; no
 	// business data.
 	PermOperate = "platform:operate"
@@ -67,16 +70,17 @@ const (
 // rolePermissions is the one table that maps roles to permissions.
 var rolePermissions = map[string]map[string][]string{
 	OrgEnterprise: {
-		"owner":    {PermTenantRead, PermDevicesRead, PermDevicesWrite, PermTelemetryRead, PermUsersRead, PermUsersWrite, PermKeysWrite, PermGrantsRead, PermGrantsWrite, PermAuditRead, PermBenchmarksRead},
-		"admin":    {PermTenantRead, PermDevicesRead, PermDevicesWrite, PermTelemetryRead, PermUsersRead, PermUsersWrite, PermKeysWrite, PermGrantsRead, PermGrantsWrite, PermAuditRead, PermBenchmarksRead},
-		"engineer": {PermTenantRead, PermDevicesRead, PermDevicesWrite, PermTelemetryRead, PermBenchmarksRead},
-		"operator": {PermTenantRead, PermDevicesRead, PermTelemetryRead},
-		"viewer":   {PermTenantRead, PermDevicesRead, PermTelemetryRead},
+		"owner":    {PermSelfRead, PermTenantRead, PermDevicesRead, PermDevicesWrite, PermTelemetryRead, PermUsersRead, PermUsersWrite, PermKeysWrite, PermGrantsRead, PermGrantsWrite, PermAuditRead, PermBenchmarksRead},
+		"admin":    {PermSelfRead, PermTenantRead, PermDevicesRead, PermDevicesWrite, PermTelemetryRead, PermUsersRead, PermUsersWrite, PermKeysWrite, PermGrantsRead, PermGrantsWrite, PermAuditRead, PermBenchmarksRead},
+		"engineer": {PermSelfRead, PermTenantRead, PermDevicesRead, PermDevicesWrite, PermTelemetryRead, PermBenchmarksRead},
+		"operator": {PermSelfRead, PermTenantRead, PermDevicesRead, PermTelemetryRead},
+		"viewer":   {PermSelfRead, PermTenantRead, PermDevicesRead, PermTelemetryRead},
 	},
-	// A contractor member's rights on a tenant are exactly its grant's scopes.
-	OrgContractor:  {"member": nil},
-	OrgAssociation: {"analyst": {PermBenchmarksRead}},
-	OrgOperator:    {"admin": {PermOperate}},
+	// A contractor member's rights on a tenant are exactly its grant's scopes
+	// (self:read aside, which is about the member, not the tenant).
+	OrgContractor:  {"member": {PermSelfRead}},
+	OrgAssociation: {"analyst": {PermSelfRead, PermBenchmarksRead}},
+	OrgOperator:    {"admin": {PermSelfRead, PermOperate}},
 }
 
 // GrantableScopes are the scopes an enterprise may grant a contractor.
@@ -106,6 +110,9 @@ func ValidRole(orgKind, role string) bool {
 func Authorize(p Principal, perm string) error {
 	allowed := false
 	switch {
+	case perm == PermSelfRead:
+		// About the caller itself: no tenant needed, no grant involved.
+		allowed = p.Kind == KindAPIKey || (p.Kind == KindUser && slices.Contains(rolePermissions[p.OrgKind][p.Role], perm))
 	case p.Kind == KindOperator:
 		allowed = perm == PermOperate
 	case p.OrgKind == OrgContractor:

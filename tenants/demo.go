@@ -10,8 +10,10 @@ import (
 // The demo enterprise's fixed credentials, printed by `nxcloud demo` and
 // written in the README. They exist only in databases the demo seeded.
 const (
-	DemoAPIKey       = "nxk_demo_magnets-demo-key"
-	DemoDeviceSecret = "demo-device-secret"
+	DemoAPIKey        = "nxk_demo_magnets-demo-key"
+	DemoDeviceSecret  = "demo-device-secret"
+	DemoOwnerEmail    = "owner@demo-magnets.example"
+	DemoOwnerPassword = "demo-owner-password"
 )
 
 // DemoResult describes the seeded demo enterprise.
@@ -41,6 +43,9 @@ func (s *Service) SeedDemo(ctx context.Context, sector string) (DemoResult, erro
 		return res, err
 	}
 	res.Tenant = t
+	if _, err := s.EnsureMember(ctx, t.ID, DemoOwnerEmail, "Demo Owner", DemoOwnerPassword, "owner"); err != nil {
+		return res, fmt.Errorf("demo owner: %w", err)
+	}
 	prefix, secret, _ := splitAPIKey(DemoAPIKey)
 	var have bool
 	if err := s.db.System.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM api_keys WHERE prefix = $1)`, prefix).Scan(&have); err != nil {

@@ -3,7 +3,6 @@ package tenants
 import (
 	"context"
 	"strings"
-	"unicode/utf8"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
@@ -33,20 +32,12 @@ func scanDevice(r pgx.CollectableRow) (Device, error) {
 // RegisterDevice adds a device to a tenant and returns it with its secret
 // (shown once). Errors: invalid (bad key, unknown model or line), conflict.
 func (s *Service) RegisterDevice(ctx context.Context, tenant uuid.UUID, in DeviceInput) (Device, string, error) {
-	if !keyPattern.MatchString(in.Key) {
-		return Device{}, "", apps.FieldError("key", "want 1-64 letters, digits, '_', '.' or '-'")
-	}
-	if in.Name == "" {
-		in.Name = in.Key
-	}
-	if utf8.RuneCountInString(in.Name) > 200 {
-		return Device{}, "", apps.FieldError("name", "at most 200 characters")
+	if err := in.normalize(); err != nil {
+		return Device{}, "", err
 	}
 	secret := in.Secret
 	if secret == "" {
 		secret = NewSecret()
-	} else if err := validSecret(secret); err != nil {
-		return Device{}, "", err
 	}
 	var d Device
 	ctx = WithTenant(ctx, tenant)
@@ -136,26 +127,7 @@ func deviceByRef(ctx context.Context, q Querier, ref string) (Device, error) {
 // tenant. A disabled device is refused by the broker within the auth cache's
 // TTL, connected or not. Errors: invalid, not_found.
 func (s *Service) SetDeviceStatus(ctx context.Context, tenant uuid.UUID, ref, status string) (Device, error) {
-	if status != "active" && status != "disabled" {
-		return Device{}, apps.FieldError("status", "want active or disabled")
-	}
-	var d Device
-	ctx = WithTenant(ctx, tenant)
-	err := InTx(ctx, s.db.App, func(tx pgx.Tx) error {
-		cur, err := deviceByRef(ctx, tx, ref)
-		if err != nil {
-			return err
-		}
-		if _, err := tx.Exec(ctx, `UPDATE devices SET status = $2, updated_at = now() WHERE id = $1`, cur.ID, status); err != nil {
-			return err
-		}
-		d, err = deviceByID(ctx, tx, cur.ID)
-		return err
-	})
-	if err == nil {
-		s.auth.forgetDevice(d.ID)
-	}
-	return d, err
+	return s.UpdateDevice(ctx, tenant, ref, DevicePatch{Status: status})
 }
 
 // RotateSecret gives a device a new secret and returns it (shown once).

@@ -75,11 +75,15 @@ func (h *Handler) createEnterprise(c echo.Context) error {
 	if err := apps.Bind(c.Request().Body, &in); err != nil {
 		return err
 	}
-	t, key, err := h.svc.CreateEnterprise(c.Request().Context(), in)
+	o, err := h.svc.CreateEnterpriseWithOwner(c.Request().Context(), in)
 	if err != nil {
 		return err
 	}
-	return c.JSON(http.StatusCreated, map[string]any{"enterprise": t, "api_key": key})
+	out := map[string]any{"enterprise": o.Tenant, "api_key": o.APIKey}
+	if o.OwnerInvitation != "" {
+		out["owner_invitation"] = o.OwnerInvitation
+	}
+	return c.JSON(http.StatusCreated, out)
 }
 
 // tenantParam resolves the :tenant path parameter (slug or id).

@@ -21,13 +21,21 @@ type Service struct {
 	templates map[string]*Template
 	now       func() time.Time
 	auth      *authCache
+	ident     *identity   // sessions.go
+	grants    *grantState // grants_access.go
+
+	// SessionLifetime is how long a login session lasts (0: 12 hours).
+	SessionLifetime time.Duration
+	// LoginLimits throttle logins (zero fields take the defaults).
+	LoginLimits LoginLimits
 }
 
 // NewService returns a Service on db with the embedded sector templates.
 // cacheTTL bounds how long a credential check or a device's state is cached: a
 // disabled device or a revoked key is refused within that time.
 func NewService(db DB, templates map[string]*Template, cacheTTL time.Duration) *Service {
-	return &Service{db: db, templates: templates, now: time.Now, auth: newAuthCache(cacheTTL)}
+	return &Service{db: db, templates: templates, now: time.Now, auth: newAuthCache(cacheTTL), ident: newIdentity(),
+		grants: newGrantState(cacheTTL)}
 }
 
 // Template returns the embedded template of a sector.
@@ -92,26 +100,55 @@ type EnterpriseInput struct {
 	Slug   string `json:"slug"`
 	Name   string `json:"name"`
 	Sector string `json:"sector"`
+	// OwnerEmail, when set, is invited to be the enterprise's owner
+	// (CreateEnterpriseWithOwner).
+	OwnerEmail string `json:"owner_email,omitempty"`
 }
 
-// CreateEnterprise creates a tenant in a sector and instantiates the sector's
-// template (device models and metrics, defect codes, grades) for it, plus a
-// first API key, in one transaction. It returns the tenant and the API key
-// (shown once). Errors: invalid, conflict (slug taken).
+// Onboarded is a new enterprise with its first API key and, when an owner was
+// named, the owner's invitation token (both shown once).
+type Onboarded struct {
+	Tenant          Tenant
+	APIKey          string
+	OwnerInvitation string
+}
+
+// CreateEnterprise is CreateEnterpriseWithOwner for callers that invite no
+// owner: in.OwnerEmail must be empty (so an invitation token is never made
+// and lost). It returns the tenant and its API key. Errors: invalid,
+// conflict (slug taken).
 func (s *Service) CreateEnterprise(ctx context.Context, in EnterpriseInput) (Tenant, string, error) {
+	if in.OwnerEmail != "" {
+		return Tenant{}, "", apps.FieldError("owner_email", "use CreateEnterpriseWithOwner to get the owner's invitation")
+	}
+	o, err := s.CreateEnterpriseWithOwner(ctx, in)
+	return o.Tenant, o.APIKey, err
+}
+
+// CreateEnterpriseWithOwner creates a tenant in a sector and instantiates the
+// sector's template (device models and metrics, defect codes, grades) for it,
+// plus its enterprise organisation, a first API key and, when in.OwnerEmail
+// is set, an invitation for its owner, in one transaction. Errors: invalid,
+// conflict (slug taken).
+func (s *Service) CreateEnterpriseWithOwner(ctx context.Context, in EnterpriseInput) (Onboarded, error) {
 	if !slugRE.MatchString(in.Slug) {
-		return Tenant{}, "", apps.FieldError("slug", "want 2-63 lower-case letters, digits or '-', starting with a letter or digit")
+		return Onboarded{}, apps.FieldError("slug", "want 2-63 lower-case letters, digits or '-', starting with a letter or digit")
 	}
 	if in.Name == "" || utf8.RuneCountInString(in.Name) > 200 {
-		return Tenant{}, "", apps.FieldError("name", "a name of 1 to 200 characters is required")
+		return Onboarded{}, apps.FieldError("name", "a name of 1 to 200 characters is required")
 	}
 	tpl, ok := s.templates[in.Sector]
 	if !ok {
-		return Tenant{}, "", apps.FieldError("sector", "unknown sector %q", in.Sector)
+		return Onboarded{}, apps.FieldError("sector", "unknown sector %q", in.Sector)
 	}
-	var t Tenant
-	var key string
+	if in.OwnerEmail != "" {
+		if err := validEmail(normalEmail(in.OwnerEmail), "owner_email"); err != nil {
+			return Onboarded{}, err
+		}
+	}
+	var o Onboarded
 	err := pgx.BeginFunc(ctx, s.db.System, func(tx pgx.Tx) error {
+		t := &o.Tenant
 		err := tx.QueryRow(ctx, `INSERT INTO tenants (slug, name, sector_id) VALUES ($1, $2, $3)
 			RETURNING id, slug, name, sector_id, status, created_at`, in.Slug, in.Name, in.Sector).
 			Scan(&t.ID, &t.Slug, &t.Name, &t.SectorID, &t.Status, &t.CreatedAt)
@@ -121,10 +158,23 @@ func (s *Service) CreateEnterprise(ctx context.Context, in EnterpriseInput) (Ten
 		if err := instantiate(ctx, tx, t.ID, tpl); err != nil {
 			return err
 		}
-		key, err = createAPIKey(ctx, tx, t.ID, "initial key", "", "")
+		if err := createEnterpriseOrg(ctx, tx, *t); err != nil {
+			return err
+		}
+		if in.OwnerEmail != "" {
+			inv, err := createInvitation(ctx, tx, t.ID, in.OwnerEmail, "owner", uuid.Nil)
+			if err != nil {
+				return err
+			}
+			o.OwnerInvitation = inv.Token
+		}
+		o.APIKey, err = createAPIKey(ctx, tx, t.ID, "initial key", "", "")
 		return err
 	})
-	return t, key, err
+	if err != nil {
+		return Onboarded{}, err
+	}
+	return o, nil
 }
 
 func instantiate(ctx context.Context, tx pgx.Tx, tenant uuid.UUID, tpl *Template) error {

@@ -50,6 +50,7 @@ func cmdDemo(ctx context.Context, args []string, getenv func(string) string, std
 	p.printURLs(stdout)
 	fmt.Fprintf(stdout, "\nDemo enterprise %q (%s, %s) with %d devices\n", res.Tenant.Name, res.Tenant.Slug, state, len(res.Devices))
 	fmt.Fprintf(stdout, "  API key          %s\n", tenants.DemoAPIKey)
+	fmt.Fprintf(stdout, "  owner login      email %s  password %s  (POST /api/v1/auth/login)\n", tenants.DemoOwnerEmail, tenants.DemoOwnerPassword)
 	fmt.Fprintf(stdout, "  operator token   %s\n", cfg.OperatorToken)
 	if len(res.Devices) > 0 {
 		d := res.Devices[0]
@@ -71,6 +72,8 @@ func cmdDemo(ctx context.Context, args []string, getenv func(string) string, std
 			tenants.DemoAPIKey, p.httpURL(), manual)
 		fmt.Fprintf(stdout, "  curl -s -H 'Authorization: Bearer %s' '%s/api/v1/devices/%s/buckets?width=1m'\n",
 			tenants.DemoAPIKey, p.httpURL(), d.Key)
+		fmt.Fprintf(stdout, "  curl -s -d '{\"email\":\"%s\",\"password\":\"%s\"}' -H 'Content-Type: application/json' '%s/api/v1/auth/login'\n",
+			tenants.DemoOwnerEmail, tenants.DemoOwnerPassword, p.httpURL())
 	}
 	if !*noSim && tpl != nil && p.broker.TCPAddr() != "" {
 		_, port, _ := net.SplitHostPort(p.broker.TCPAddr())

@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"strings"
 	"text/tabwriter"
 
 	"github.com/nxcloud/nxcloud/migrations"
@@ -60,14 +61,15 @@ func cmdMigrate(ctx context.Context, args []string, getenv func(string) string, 
 
 func cmdTenant(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	if len(args) == 0 || args[0] != "create" {
-		fmt.Fprintln(stderr, "usage: nxcloud tenant create --sector magnetic-materials --slug acme-magnets --name 'Acme Magnets Co.'")
+		fmt.Fprintln(stderr, "usage: nxcloud tenant create --sector magnetic-materials --slug acme-magnets --name 'Acme Magnets Co.' [--owner-email owner@acme.example]")
 		return errUsage
 	}
-	var sector, slug, name *string
+	var sector, slug, name, owner *string
 	cfg, err := parseCommand("tenant create", args[1:], getenv, stderr, func(fs *flag.FlagSet) {
 		sector = fs.String("sector", "", "sector template id (e.g. magnetic-materials)")
 		slug = fs.String("slug", "", "tenant slug: lower-case letters, digits, '-' (used in MQTT topics)")
 		name = fs.String("name", "", "enterprise name")
+		owner = fs.String("owner-email", "", "invite this email to be the enterprise's owner")
 	})
 	if err != nil {
 		return err
@@ -92,10 +94,16 @@ func cmdTenant(ctx context.Context, args []string, getenv func(string) string, s
 	if err := svc.LoadSectors(ctx); err != nil {
 		return err
 	}
-	t, key, err := svc.CreateEnterprise(ctx, tenants.EnterpriseInput{Slug: *slug, Name: *name, Sector: *sector})
+	o, err := svc.CreateEnterpriseWithOwner(ctx, tenants.EnterpriseInput{Slug: *slug, Name: *name, Sector: *sector, OwnerEmail: *owner})
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "created enterprise %s (%s) in sector %s, id %s\nAPI key (shown once): %s\n", t.Name, t.Slug, t.SectorID, t.ID, key)
+	t := o.Tenant
+	fmt.Fprintf(stdout, "created enterprise %s (%s) in sector %s, id %s\nAPI key (shown once): %s\n", t.Name, t.Slug, t.SectorID, t.ID, o.APIKey)
+	if o.OwnerInvitation != "" {
+		fmt.Fprintf(stdout, "owner invitation for %s (shown once, valid %d days): %s\n"+
+			"  the owner accepts it with POST /api/v1/auth/accept-invitation {\"token\": \"<invitation>\", \"name\": \"…\", \"password\": \"…\"}\n",
+			strings.ToLower(strings.TrimSpace(*owner)), int(tenants.InvitationLifetime.Hours()/24), o.OwnerInvitation)
+	}
 	return nil
 }

@@ -128,9 +128,11 @@ func startPlatform(ctx context.Context, cfg config, log *slog.Logger, opt platfo
 		return nil, fmt.Errorf("redis URL %s: %w", redact(cfg.RedisURL), err)
 	}
 	p.rdb = redis.NewClient(ropt)
+	p.tenants.UseRedis(p.rdb)
 	if err := p.rdb.Ping(ctx).Err(); err != nil {
 		log.Warn("Redis is not reachable; ingest goes on, latest values come from the database until it is", "url", redact(cfg.RedisURL), "err", err)
 	}
+	p.tenants.UseRedisGrants(ctx, p.rdb, log)
 	p.hot = ingest.NewHot(p.rdb, 500*time.Millisecond, log)
 	p.pipe = ingest.New(ingest.Config{
 		BatchPoints: cfg.IngestBatch, FlushInterval: cfg.IngestFlush, Writers: cfg.IngestWriters,

@@ -82,6 +82,12 @@ func New(t testing.TB) *Env {
 		t.Fatal(err)
 	}
 	svc := tenants.NewService(tenants.DB{System: sys, App: app}, templates, 200*time.Millisecond)
+	svc.UseRedis(rdb)
+	// Every httptest request comes from 192.0.2.1, and parallel test packages
+	// share Redis: the per-address login limit would trip across tests. Tests
+	// of that limit set their own.
+	svc.LoginLimits.PerIP = 100000
+	svc.UseRedisGrants(t.Context(), rdb, nil)
 	if err := svc.LoadSectors(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -126,4 +132,47 @@ func (e *Env) Device(t testing.TB, tn Tenant, key, model string) (tenants.Device
 		t.Fatalf("register device %s: %v", key, err)
 	}
 	return d, secret
+}
+
+// Member is a user of an organisation, with the password it logs in with.
+type Member struct {
+	tenants.UserRef
+	Password string
+	Role     string
+}
+
+// Member adds a new user with role to the organisation org (for an
+// enterprise, its tenant id).
+func (e *Env) Member(t testing.TB, org uuid.UUID, role string) Member {
+	t.Helper()
+	email := fmt.Sprintf("%s-%d-%s@test.example", role, seq.Add(1), uuid.NewString()[:8])
+	m := Member{Password: "pw-" + uuid.NewString(), Role: role}
+	u, err := e.Tenants.EnsureMember(context.Background(), org, email, "Test "+role, m.Password, role)
+	if err != nil {
+		t.Fatalf("member %s: %v", email, err)
+	}
+	m.UserRef = u
+	return m
+}
+
+// Session logs m in to org and returns the session token.
+func (e *Env) Session(t testing.TB, m Member, org uuid.UUID) string {
+	t.Helper()
+	s, err := e.Tenants.Login(context.Background(), tenants.LoginInput{Email: m.Email, Password: m.Password, Org: org.String()}, tenants.Client{})
+	if err != nil {
+		t.Fatalf("log in %s: %v", m.Email, err)
+	}
+	return s.Token
+}
+
+// Org creates an organisation of kind (contractor, association, operator)
+// and returns its id.
+func (e *Env) Org(t testing.TB, kind string) uuid.UUID {
+	t.Helper()
+	o, err := e.Tenants.CreateOrg(context.Background(), tenants.Principal{}, tenants.OrgInput{
+		Kind: kind, Name: fmt.Sprintf("Test %s %d", kind, seq.Add(1)), AdminEmail: fmt.Sprintf("admin-%d@test.example", seq.Add(1))})
+	if err != nil {
+		t.Fatalf("create %s: %v", kind, err)
+	}
+	return o.Org.ID
 }
