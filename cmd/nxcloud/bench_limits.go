@@ -119,4 +119,3 @@ func rawCopyLimit(ctx context.Context, p *benchTarget, tenant uuid.UUID, keys []
 	}
 	return float64(written.Load()) / time.Since(start).Seconds(), nil
 }
-
