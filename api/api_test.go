@@ -712,6 +712,9 @@ func tenantIsolation(t *testing.T, principal string) {
 	contractorC := env.Org(t, tenants.OrgContractor)
 	grantA := decode[tenants.Grant](t, "A's grant", s.do(t, "POST", "/api/v1/grants", bearer(a.APIKey),
 		grantBody(contractorC, time.Now().Add(time.Hour), tenants.PermDevicesRead)), http.StatusCreated)
+	// A machine's API key, which A lists.
+	keyA := decode[tenants.APIKeyCreated](t, "A's API key", s.do(t, "POST", "/api/v1/api-keys", bearer(a.APIKey),
+		`{"name":"iso-plc","scopes":["telemetry:read"]}`), http.StatusCreated)
 
 	modelsA, err := env.Tenants.Models(a.Ctx())
 	if err != nil {
@@ -722,7 +725,8 @@ func tenantIsolation(t *testing.T, principal string) {
 		"A's tenant id": a.ID.String(), "A's slug": a.Slug, "A's device id": devA.ID.String(), "A's device key": devA.Key,
 		"A's shared device id": sharedA.ID.String(), "A's line id": lineA.ID.String(), "A's line key": lineA.Key,
 		"A's API key": a.APIKey, "A's owner id": ownerA.ID.String(), "A's owner email": ownerA.Email, "A's session": sessA,
-		"A's grant id": grantA.ID.String(),
+		"A's grant id": grantA.ID.String(), "A's API key id": keyA.APIKey.ID.String(), "A's API key prefix": keyA.APIKey.Prefix,
+		"A's second API key": keyA.Key,
 	}
 	for _, m := range modelsA {
 		markers["A's model "+m.Key] = m.ID.String()
@@ -743,6 +747,7 @@ func tenantIsolation(t *testing.T, principal string) {
 	fills := map[string][]string{
 		"device": {devA.ID.String(), devA.Key, strings.ToUpper(devA.ID.String())},
 		"grant":  {grantA.ID.String(), strings.ToUpper(grantA.ID.String())},
+		"key":    {keyA.APIKey.ID.String(), strings.ToUpper(keyA.APIKey.ID.String())},
 	}
 	// Query parameters a route needs to answer A 200.
 	routeQuery := map[string]string{

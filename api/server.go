@@ -111,7 +111,7 @@ func New(cfg Config, deps Deps) (*Server, error) {
 	th.RegisterPublic(v1.Group("/auth"), s.routes)
 	op := v1.Group("/operator", operatorAuth(cfg.OperatorToken, deps.Tenants), s.audit)
 	th.RegisterOperator(op, s.routes)
-	tg := v1.Group("", tenantAuth(deps.Tenants), s.audit)
+	tg := v1.Group("", tenantAuth(deps.Tenants, s.routes), s.audit)
 	th.RegisterTenant(tg, s.routes)
 	telemetry.NewHandler(deps.Telemetry).Register(tg, s.routes)
 	for _, r := range deps.ExtraTenant {
@@ -199,8 +199,10 @@ const (
 
 // tenantAuth resolves the principal of a tenant request: an API key, or a
 // user's session; a contractor names the granting tenant in X-Nx-Tenant and
-// is admitted only through a live grant.
-func tenantAuth(svc *tenants.Service) echo.MiddlewareFunc {
+// is admitted only through a live grant. The one exception is a route about
+// the caller itself (self:read, GET /me): a contractor reads it without
+// naming a tenant, and then acts on none.
+func tenantAuth(svc *tenants.Service, routes *tenants.Routes) echo.MiddlewareFunc {
 	return func(next echo.HandlerFunc) echo.HandlerFunc {
 		return func(c echo.Context) error {
 			ctx := c.Request().Context()
@@ -220,11 +222,13 @@ func tenantAuth(svc *tenants.Service) echo.MiddlewareFunc {
 			}
 			if p.OrgKind == tenants.OrgContractor {
 				ref := c.Request().Header.Get(TenantHeader)
-				if ref == "" {
+				switch perm, _ := routes.Permission(c.Request().Method, c.Path()); {
+				case ref != "":
+					if p, err = svc.ContractorTenant(ctx, p, ref); err != nil {
+						return err
+					}
+				case perm != tenants.PermSelfRead:
 					return apps.Errorf(apps.Forbidden, "a contractor names the tenant it acts on in the %s header", TenantHeader)
-				}
-				if p, err = svc.ContractorTenant(ctx, p, ref); err != nil {
-					return err
 				}
 			}
 			c.SetRequest(c.Request().WithContext(tenants.WithPrincipal(ctx, p)))

@@ -3,6 +3,7 @@ package tenants
 import (
 	"context"
 	"errors"
+	"slices"
 	"sync"
 	"time"
 
@@ -16,7 +17,11 @@ import (
 // become a query storm, while a disabled device or a revoked key is refused
 // within ttl.
 type authCache struct {
-	ttl     time.Duration
+	ttl time.Duration
+	// keyTTL bounds API key checks: at most maxKeyCacheTTL, whatever ttl the
+	// devices use, so a revoked key is refused within seconds even when
+	// Redis cannot tell the replicas.
+	keyTTL  time.Duration
 	mu      sync.Mutex
 	creds   map[string]credEntry     // by MQTT username
 	devices map[uuid.UUID]identEntry // by device id
@@ -37,15 +42,55 @@ type identEntry struct {
 type keyEntry struct {
 	p          Principal
 	salt, hash []byte
+	expires    *time.Time
 	active     bool
 	at         time.Time
 }
+
+// maxKeyCacheTTL bounds how long a replica trusts an API key check it made.
+const maxKeyCacheTTL = 3 * time.Second
 
 func newAuthCache(ttl time.Duration) *authCache {
 	if ttl <= 0 {
 		ttl = 3 * time.Second
 	}
-	return &authCache{ttl: ttl, creds: map[string]credEntry{}, devices: map[uuid.UUID]identEntry{}, keys: map[string]keyEntry{}}
+	return &authCache{ttl: ttl, keyTTL: min(ttl, maxKeyCacheTTL), creds: map[string]credEntry{},
+		devices: map[uuid.UUID]identEntry{}, keys: map[string]keyEntry{}}
+}
+
+// forgetKey drops the cached check of the API key with prefix.
+func (c *authCache) forgetKey(prefix string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	delete(c.keys, prefix)
+}
+
+// forgetKeys drops every cached API key check.
+func (c *authCache) forgetKeys() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	clear(c.keys)
+}
+
+// forgetTenant drops every cached check of a tenant's keys and devices.
+func (c *authCache) forgetTenant(tenant uuid.UUID) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for k, e := range c.keys {
+		if e.p.TenantID == tenant {
+			delete(c.keys, k)
+		}
+	}
+	for k, e := range c.creds {
+		if e.id.TenantID == tenant {
+			delete(c.creds, k)
+		}
+	}
+	for k, e := range c.devices {
+		if e.id.TenantID == tenant {
+			delete(c.devices, k)
+		}
+	}
 }
 
 func (c *authCache) forgetDevice(id uuid.UUID) {
@@ -150,9 +195,11 @@ func (s *Service) Identity(ctx context.Context, device uuid.UUID) (Identity, err
 	return id, nil
 }
 
-// AuthenticateAPIKey resolves a tenant API key ("nxk_<prefix>_<secret>").
-// Errors: unauthorized (unknown, wrong, expired or revoked key, or suspended
-// tenant — all alike).
+// AuthenticateAPIKey resolves a tenant API key ("nxk_<prefix>_<secret>") to a
+// principal carrying the key's scopes. A check is cached for at most three
+// seconds; a revocation or a suspension drops it at once on every replica
+// through Redis. Errors: unauthorized (unknown, wrong, expired or revoked
+// key, or suspended tenant — all alike).
 func (s *Service) AuthenticateAPIKey(ctx context.Context, token string) (Principal, error) {
 	prefix, secret, ok := splitAPIKey(token)
 	if !ok {
@@ -162,11 +209,12 @@ func (s *Service) AuthenticateAPIKey(ctx context.Context, token string) (Princip
 	s.auth.mu.Lock()
 	e, ok := s.auth.keys[prefix]
 	s.auth.mu.Unlock()
-	if !ok || now.Sub(e.at) > s.auth.ttl {
-		err := s.db.System.QueryRow(ctx, `SELECT k.id, k.tenant_id, k.name, k.salt, k.hash,
+	if !ok || now.Sub(e.at) > s.auth.keyTTL {
+		e = keyEntry{}
+		err := s.db.System.QueryRow(ctx, `SELECT k.id, k.tenant_id, k.name, k.scopes, k.expires_at, k.salt, k.hash,
 			k.revoked_at IS NULL AND (k.expires_at IS NULL OR k.expires_at > now()) AND t.status = 'active'
 			FROM api_keys k JOIN tenants t ON t.id = k.tenant_id WHERE k.prefix = $1`, prefix).
-			Scan(&e.p.KeyID, &e.p.TenantID, &e.p.Name, &e.salt, &e.hash, &e.active)
+			Scan(&e.p.KeyID, &e.p.TenantID, &e.p.Name, &e.p.Scopes, &e.expires, &e.salt, &e.hash, &e.active)
 		if errors.Is(err, pgx.ErrNoRows) {
 			checkSecret(make([]byte, 16), make([]byte, 32), secret)
 			return Principal{}, apps.Errorf(apps.Unauthorized, "invalid API key")
@@ -176,15 +224,18 @@ func (s *Service) AuthenticateAPIKey(ctx context.Context, token string) (Princip
 		}
 		e.p.Kind = KindAPIKey
 		e.p.OrgKind = OrgEnterprise
-		e.p.Scopes = []string{"*"}
 		e.at = now
 		s.auth.mu.Lock()
 		s.auth.prune(now)
 		s.auth.keys[prefix] = e
 		s.auth.mu.Unlock()
 	}
-	if !checkSecret(e.salt, e.hash, secret) || !e.active {
+	// A key stops working when it expires, not a cache period later.
+	expired := e.expires != nil && !now.Before(*e.expires)
+	if !checkSecret(e.salt, e.hash, secret) || !e.active || expired {
 		return Principal{}, apps.Errorf(apps.Unauthorized, "invalid API key")
 	}
-	return e.p, nil
+	p := e.p
+	p.Scopes = slices.Clone(e.p.Scopes) // the cached entry is shared
+	return p, nil
 }

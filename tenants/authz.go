@@ -38,8 +38,8 @@ type Principal struct {
 	// TenantID is the tenant the request acts on: an enterprise's own; for a
 	// contractor, the granting tenant it named (header X-Nx-Tenant).
 	TenantID uuid.UUID
-	// Scopes bound what an API key or a contractor grant allows ("*": all of
-	// the role's permissions).
+	// Scopes bound what an API key or a contractor grant allows (AllScopes,
+	// "*": every tenant permission, for the onboarding and demo keys).
 	Scopes []string
 	Name   string
 }
@@ -53,6 +53,7 @@ const (
 	PermTelemetryRead  = "telemetry:read"
 	PermUsersRead      = "users:read"
 	PermUsersWrite     = "users:write"
+	PermKeysRead       = "keys:read"
 	PermKeysWrite      = "keys:write"
 	PermGrantsRead     = "grants:read"
 	PermGrantsWrite    = "grants:write"
@@ -70,8 +71,8 @@ const (
 // rolePermissions is the one table that maps roles to permissions.
 var rolePermissions = map[string]map[string][]string{
 	OrgEnterprise: {
-		"owner":    {PermSelfRead, PermTenantRead, PermDevicesRead, PermDevicesWrite, PermTelemetryRead, PermUsersRead, PermUsersWrite, PermKeysWrite, PermGrantsRead, PermGrantsWrite, PermAuditRead, PermBenchmarksRead},
-		"admin":    {PermSelfRead, PermTenantRead, PermDevicesRead, PermDevicesWrite, PermTelemetryRead, PermUsersRead, PermUsersWrite, PermKeysWrite, PermGrantsRead, PermGrantsWrite, PermAuditRead, PermBenchmarksRead},
+		"owner":    {PermSelfRead, PermTenantRead, PermDevicesRead, PermDevicesWrite, PermTelemetryRead, PermUsersRead, PermUsersWrite, PermKeysRead, PermKeysWrite, PermGrantsRead, PermGrantsWrite, PermAuditRead, PermBenchmarksRead},
+		"admin":    {PermSelfRead, PermTenantRead, PermDevicesRead, PermDevicesWrite, PermTelemetryRead, PermUsersRead, PermUsersWrite, PermKeysRead, PermKeysWrite, PermGrantsRead, PermGrantsWrite, PermAuditRead, PermBenchmarksRead},
 		"engineer": {PermSelfRead, PermTenantRead, PermDevicesRead, PermDevicesWrite, PermTelemetryRead, PermBenchmarksRead},
 		"operator": {PermSelfRead, PermTenantRead, PermDevicesRead, PermTelemetryRead},
 		"viewer":   {PermSelfRead, PermTenantRead, PermDevicesRead, PermTelemetryRead},
@@ -85,6 +86,32 @@ var rolePermissions = map[string]map[string][]string{
 
 // GrantableScopes are the scopes an enterprise may grant a contractor.
 var GrantableScopes = []string{PermTenantRead, PermDevicesRead, PermDevicesWrite, PermTelemetryRead, PermModulesDeploy}
+
+// AllScopes is the scope of the keys made at onboarding and by the demo:
+// every permission of the enterprise (Authorize lets such a key do whatever
+// a tenant permission allows). Keys created through the API never hold it.
+const AllScopes = "*"
+
+// keyExcluded are the enterprise permissions an API key created through the
+// API never holds: a key cannot manage people, mint keys or hand out access,
+// so a leaked key cannot entrench itself.
+var keyExcluded = []string{PermSelfRead, PermUsersWrite, PermKeysWrite, PermGrantsWrite}
+
+// APIKeyScopes returns the scopes an API key may be created with: the
+// permissions of the enterprise's roles, less users:write, keys:write and
+// grants:write (and self:read, which every key has), sorted.
+func APIKeyScopes() []string {
+	var out []string
+	for _, perms := range rolePermissions[OrgEnterprise] {
+		for _, p := range perms {
+			if !slices.Contains(keyExcluded, p) && !slices.Contains(out, p) {
+				out = append(out, p)
+			}
+		}
+	}
+	slices.Sort(out)
+	return out
+}
 
 // Roles returns the roles of an organisation kind.
 func Roles(orgKind string) []string {
@@ -105,8 +132,8 @@ func ValidRole(orgKind, role string) bool {
 // Authorize is the one place that decides whether p may use perm on its
 // tenant. It returns nil or a forbidden error. Contractors are decided by
 // their grant's scopes, which the authentication step put in p.Scopes after
-// checking the grant is live; API keys by their scopes within the enterprise
-// role table.
+// checking the grant is live; API keys by their scopes ("*": every tenant
+// permission), which AuthenticateAPIKey put in p.Scopes.
 func Authorize(p Principal, perm string) error {
 	allowed := false
 	switch {
@@ -119,7 +146,7 @@ func Authorize(p Principal, perm string) error {
 		allowed = p.TenantID != uuid.Nil && perm != PermOperate && slices.Contains(p.Scopes, perm)
 	case p.Kind == KindAPIKey:
 		allowed = p.TenantID != uuid.Nil && perm != PermOperate &&
-			(slices.Contains(p.Scopes, "*") || slices.Contains(p.Scopes, perm))
+			(slices.Contains(p.Scopes, AllScopes) || slices.Contains(p.Scopes, perm))
 	default:
 		allowed = slices.Contains(rolePermissions[p.OrgKind][p.Role], perm) &&
 			(perm == PermOperate || p.TenantID != uuid.Nil || p.OrgKind == OrgAssociation)

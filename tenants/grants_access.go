@@ -97,6 +97,17 @@ func (c *grantCache) put(k grantKey, e grantEntry, now time.Time) {
 	c.entries[k] = e
 }
 
+// forgetTenant drops every cached check on tenant.
+func (c *grantCache) forgetTenant(tenant uuid.UUID) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for k, e := range c.entries {
+		if e.tenant == tenant {
+			delete(c.entries, k)
+		}
+	}
+}
+
 // forget drops what is cached for org on tenant (every org when org is Nil).
 func (c *grantCache) forget(org, tenant uuid.UUID) {
 	c.mu.Lock()

@@ -23,6 +23,7 @@ func (h *Handler) RegisterOperator(g *echo.Group, r *Routes) {
 	r.Add(g, http.MethodGet, "/enterprises", PermOperate, h.enterprises)
 	r.Add(g, http.MethodPost, "/enterprises", PermOperate, h.createEnterprise)
 	r.Add(g, http.MethodGet, "/enterprises/:tenant", PermOperate, h.enterprise)
+	r.Add(g, http.MethodPatch, "/enterprises/:tenant", PermOperate, h.setEnterpriseStatus)
 	r.Add(g, http.MethodPost, "/enterprises/:tenant/lines", PermOperate, h.createLine)
 	r.Add(g, http.MethodPost, "/enterprises/:tenant/devices", PermOperate, h.registerDevice)
 	r.Add(g, http.MethodPatch, "/enterprises/:tenant/devices/:device", PermOperate, h.setDeviceStatus)
@@ -43,6 +44,7 @@ func (h *Handler) RegisterTenant(g *echo.Group, r *Routes) {
 	r.Add(g, http.MethodGet, "/lines", PermDevicesRead, h.lines)
 	h.registerUsers(g, r)
 	h.registerGrants(g, r)
+	h.registerAPIKeys(g, r)
 	h.registerDeviceAdmin(g, r)
 }
 

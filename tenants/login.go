@@ -95,6 +95,9 @@ var errBadLogin = apps.Errorf(apps.Unauthorized, "invalid email or password")
 type Throttled struct {
 	Err   *apps.Error
 	After int // seconds
+	// first marks the first refusal of its window (the audit log records
+	// that one only).
+	first bool
 }
 
 func (t *Throttled) Error() string { return t.Err.Error() }
@@ -137,7 +140,8 @@ type loginUser struct {
 // the user belongs to several organisations), unauthorized (wrong password,
 // unknown email, disabled user, no membership — all alike, after the same
 // password work), quota_exceeded (*Throttled: too many attempts for the
-// account or from the client address).
+// account or from the client address). Every attempt past the input checks
+// is recorded in the audit log (auth.login, audit_auth.go).
 func (s *Service) Login(ctx context.Context, in LoginInput, c Client) (SessionCreated, error) {
 	var out SessionCreated
 	email := normalEmail(in.Email)
@@ -155,6 +159,15 @@ func (s *Service) Login(ctx context.Context, in LoginInput, c Client) (SessionCr
 		}
 		org = id
 	}
+	ev := newAuthEvent(ActionLogin, email, c.IP)
+	out, err := s.login(ctx, email, in.Password, org, c, ev)
+	s.auditAuth(ctx, ev, err)
+	return out, err
+}
+
+// login is Login after the input checks, noting on ev what it learns.
+func (s *Service) login(ctx context.Context, email, password string, org uuid.UUID, c Client, ev *authEvent) (SessionCreated, error) {
+	var out SessionCreated
 	if err := s.throttleIP(ctx, c.IP); err != nil {
 		return out, err
 	}
@@ -169,20 +182,38 @@ func (s *Service) Login(ctx context.Context, in LoginInput, c Client) (SessionCr
 	if found {
 		hash = u.hash
 	}
-	ok := verifyPassword(hash, in.Password) && found && u.active
+	ok := verifyPassword(hash, password) && found && u.active
+	switch {
+	case !found:
+		ev.reason = "unknown_account"
+	case !ok && u.active:
+		ev.reason = "wrong_password"
+	case !ok:
+		ev.reason = "disabled"
+	}
 	var m membershipOf
 	if ok {
 		m, err = s.loginOrg(ctx, u.id, org)
 		switch {
 		case errors.Is(err, errNoMembership):
-			ok = false
+			ok, ev.reason = false, "no_membership"
 		case err != nil:
+			ev.user(u.id, u.name)
 			return out, err
 		}
 	}
 	if !ok {
-		return out, s.loginFailed(ctx, email, u, found)
+		if found {
+			ev.user(u.id, u.name)
+		}
+		// The same query whether or not the account exists (u.id is Nil
+		// then, matching nothing), so its time tells nothing.
+		s.attribute(ctx, ev, u.id, org)
+		ev.locked, err = s.loginFailed(ctx, email, u, found)
+		return out, err
 	}
+	ev.user(u.id, u.name)
+	ev.member(m.org, m.role)
 	token, exp, err := s.createSession(ctx, s.db.System, u.id, m.org.ID, c)
 	if err != nil {
 		return out, err
@@ -281,8 +312,10 @@ func (s *Service) throttleIP(ctx context.Context, ip string) error {
 		s.redisFailed(err)
 		return nil
 	}
-	if n.Val() > int64(s.limits().PerIP) {
-		return throttled(ttl.Val())
+	if limit := int64(s.limits().PerIP); n.Val() > limit {
+		err := throttled(ttl.Val())
+		err.(*Throttled).first = n.Val() == limit+1
+		return err
 	}
 	return nil
 }
@@ -304,12 +337,12 @@ func (s *Service) accountLocked(ctx context.Context, email string, u loginUser) 
 }
 
 // loginFailed counts a failure on the account and answers errBadLogin; the
-// failure that reaches the limit locks the account. With Redis the window
-// counts there (and the lock is mirrored into the database for existing
-// users); without it, the database counts for existing users.
-func (s *Service) loginFailed(ctx context.Context, email string, u loginUser, found bool) error {
+// failure that reaches the limit locks the account (and reports locked). With
+// Redis the window counts there (and the lock is mirrored into the database
+// for existing users); without it, the database counts for existing users.
+func (s *Service) loginFailed(ctx context.Context, email string, u loginUser, found bool) (locked bool, err error) {
 	l := s.limits()
-	counted, locked := false, false
+	counted := false
 	if rdb := s.redis(); rdb != nil {
 		failKey, lockKey := "nx:login:fail:"+accountKey(email), "nx:login:lock:"+accountKey(email)
 		var n *redis.IntCmd
@@ -333,23 +366,22 @@ func (s *Service) loginFailed(ctx context.Context, email string, u loginUser, fo
 		}
 	}
 	if !found {
-		return errBadLogin
+		return locked, errBadLogin
 	}
-	var err error
 	switch {
 	case locked:
 		_, err = s.db.System.Exec(ctx, `UPDATE users SET failed_logins = 0, locked_until = now() + make_interval(secs => $2)
 			WHERE id = $1`, u.id, l.Lockout.Seconds())
 	case !counted:
-		_, err = s.db.System.Exec(ctx, `UPDATE users SET
+		err = s.db.System.QueryRow(ctx, `UPDATE users SET
 			failed_logins = CASE WHEN failed_logins + 1 >= $2 THEN 0 ELSE failed_logins + 1 END,
 			locked_until = CASE WHEN failed_logins + 1 >= $2 THEN now() + make_interval(secs => $3) ELSE locked_until END
-			WHERE id = $1`, u.id, l.MaxFailures, l.Lockout.Seconds())
+			WHERE id = $1 RETURNING coalesce(locked_until > now(), false)`, u.id, l.MaxFailures, l.Lockout.Seconds()).Scan(&locked)
 	}
 	if err != nil {
-		return fmt.Errorf("count failed login: %w", err)
+		return locked, fmt.Errorf("count failed login: %w", err)
 	}
-	return errBadLogin
+	return locked, errBadLogin
 }
 
 // loginSucceeded resets the account's counters.

@@ -145,7 +145,7 @@ func Permissions(p Principal) []string {
 		}
 	}
 	for _, x := range append(slices.Clone(GrantableScopes), p.Scopes...) {
-		candidates[x] = x != "*"
+		candidates[x] = x != AllScopes
 	}
 	out := []string{}
 	for x, ok := range candidates {

@@ -210,7 +210,9 @@ func instantiate(ctx context.Context, tx pgx.Tx, tenant uuid.UUID, tpl *Template
 	return nil
 }
 
-// createAPIKey stores an API key; prefix and secret are generated when empty.
+// createAPIKey stores an API key with every permission of the enterprise
+// (scopes AllScopes: the onboarding and demo keys); prefix and secret are
+// generated when empty.
 func createAPIKey(ctx context.Context, q Querier, tenant uuid.UUID, name, prefix, secret string) (string, error) {
 	if prefix == "" {
 		prefix = newPrefix()

@@ -24,6 +24,11 @@ import (
 // refuses re-caching and publishes the hash on revokedChannel, so every
 // replica drops its local entry at once; when Redis is away the local TTL
 // alone bounds how long a revoked session lives on a replica.
+//
+// revokedChannel carries, comma-separated, the hex hashes of revoked
+// sessions, "key:<prefix>" for a revoked API key and "tenant:<id>" for an
+// enterprise whose status changed (every replica then drops what it cached
+// of that tenant: sessions, API keys, devices, grant checks).
 const (
 	sessionLocalTTL  = time.Second
 	sessionRedisTTL  = time.Minute
@@ -97,14 +102,73 @@ func (s *Service) watchRevocations(ps *redis.PubSub) {
 		}
 		if err != nil {
 			// Messages may have been missed while disconnected.
-			s.dropLocalSessions(nil)
+			s.dropRevoked(nil)
 			time.Sleep(backoff)
 			backoff = min(2*backoff, time.Second)
 			continue
 		}
 		backoff = 50 * time.Millisecond
-		s.dropLocalSessions(strings.Split(msg.Payload, ","))
+		s.dropRevoked(strings.Split(msg.Payload, ","))
 	}
+}
+
+const (
+	revokedKeyTag    = "key:"
+	revokedTenantTag = "tenant:"
+)
+
+// dropRevoked forgets what this replica cached of the items of a revocation
+// announcement. With nil (announcements may have been missed) it forgets the
+// sessions and API key checks; device checks are left to their TTL, so that a
+// Redis outage does not turn the broker's rechecks into a query per device.
+func (s *Service) dropRevoked(items []string) {
+	if items == nil {
+		s.dropLocalSessions(nil)
+		s.auth.forgetKeys()
+		return
+	}
+	var sessions []string
+	for _, it := range items {
+		if prefix, ok := strings.CutPrefix(it, revokedKeyTag); ok {
+			s.auth.forgetKey(prefix)
+		} else if ref, ok := strings.CutPrefix(it, revokedTenantTag); ok {
+			if id, err := uuid.Parse(ref); err == nil {
+				s.forgetTenant(id)
+			}
+		} else {
+			sessions = append(sessions, it)
+		}
+	}
+	if len(sessions) > 0 {
+		s.dropLocalSessions(sessions)
+	}
+}
+
+// forgetTenant drops this replica's cached checks of a tenant: its members'
+// sessions, its API keys and devices, and contractors' grant checks on it.
+func (s *Service) forgetTenant(tenant uuid.UUID) {
+	s.auth.forgetTenant(tenant)
+	s.grants.cache.forgetTenant(tenant)
+	s.ident.mu.Lock()
+	defer s.ident.mu.Unlock()
+	for k, e := range s.ident.sessions {
+		if e.p.TenantID == tenant {
+			delete(s.ident.sessions, k)
+		}
+	}
+}
+
+// announceRevoked tells the other replicas (see revokedChannel). When Redis
+// is away they learn within their cache TTLs anyway: the change itself is
+// committed, so a failure is not returned.
+func (s *Service) announceRevoked(ctx context.Context, items ...string) {
+	rdb := s.redis()
+	if rdb == nil || len(items) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+	defer cancel()
+	s.redisFailed(rdb.Publish(ctx, revokedChannel, strings.Join(items, ",")).Err())
 }
 
 // dropLocalSessions forgets the given cached sessions (all when keys is nil).
@@ -217,22 +281,34 @@ func (s *Service) sessionFromDB(ctx context.Context, hash []byte) (cachedSession
 	return cs, nil
 }
 
-// Logout revokes the session of token. Errors: unauthorized (not a live
-// session).
+// Logout revokes the session of token and records it in the audit log
+// (auth.logout; a token that is not a live session is refused and not
+// recorded). Errors: unauthorized (not a live session).
 func (s *Service) Logout(ctx context.Context, token string) error {
 	hash, ok := parseToken(sessionTag, token)
 	if !ok {
 		return errBadSession
 	}
-	tag, err := s.db.System.Exec(ctx, `UPDATE sessions SET revoked_at = now()
-		WHERE token_hash = $1 AND revoked_at IS NULL AND expires_at > now()`, hash)
+	ev := newAuthEvent(ActionLogout, "", "")
+	var user uuid.UUID
+	var name string
+	var org OrgRef
+	var role string
+	err := s.db.System.QueryRow(ctx, `UPDATE sessions s SET revoked_at = now() FROM users u, orgs o
+		WHERE s.token_hash = $1 AND s.revoked_at IS NULL AND s.expires_at > now() AND u.id = s.user_id AND o.id = s.org_id
+		RETURNING s.user_id, u.name, o.id, o.kind, o.name,
+			coalesce((SELECT m.role FROM memberships m WHERE m.org_id = s.org_id AND m.user_id = s.user_id), '')`, hash).
+		Scan(&user, &name, &org.ID, &org.Kind, &org.Name, &role)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return errBadSession
+	}
 	if err != nil {
 		return err
 	}
-	if tag.RowsAffected() == 0 {
-		return errBadSession
-	}
 	s.forgetSessions(ctx, [][]byte{hash})
+	ev.user(user, name)
+	ev.member(org, role)
+	s.auditAuth(ctx, ev, nil)
 	return nil
 }
 

@@ -283,18 +283,30 @@ func (s *Service) RemoveMember(ctx context.Context, p Principal, userRef string)
 // invitation used and opens a session in the organisation. Errors: invalid
 // (malformed input; unknown, expired or used invitation), unauthorized (wrong
 // password or disabled account), conflict (already a member),
-// quota_exceeded (*Throttled).
+// quota_exceeded (*Throttled). Every attempt with a well-formed token is
+// recorded in the audit log (auth.accept_invitation): on the inviting
+// enterprise, naming the user once it is a member.
 func (s *Service) AcceptInvitation(ctx context.Context, in AcceptInput, c Client) (SessionCreated, error) {
-	var out SessionCreated
 	hash, ok := parseToken(invitationTag, in.Token)
 	if !ok {
-		return out, apps.FieldError("token", "not an invitation token")
+		return SessionCreated{}, apps.FieldError("token", "not an invitation token")
 	}
+	ev := newAuthEvent(ActionAcceptInvitation, "", c.IP)
+	out, err := s.acceptInvitation(ctx, hash, in, c, ev)
+	s.auditAuth(ctx, ev, err)
+	return out, err
+}
+
+// acceptInvitation is AcceptInvitation after the token's check, noting on ev
+// what it learns.
+func (s *Service) acceptInvitation(ctx context.Context, hash []byte, in AcceptInput, c Client, ev *authEvent) (SessionCreated, error) {
+	var out SessionCreated
 	if err := s.throttleIP(ctx, c.IP); err != nil {
 		return out, err
 	}
 	var failedEmail string
 	var failedUser loginUser
+	newAccount := false
 	err := pgx.BeginFunc(ctx, s.db.System, func(tx pgx.Tx) error {
 		var inv Invitation
 		var live bool
@@ -303,11 +315,19 @@ func (s *Service) AcceptInvitation(ctx context.Context, in AcceptInput, c Client
 			FROM invitations i JOIN orgs o ON o.id = i.org_id WHERE i.token_hash = $1 FOR UPDATE OF i`, hash).
 			Scan(&inv.ID, &out.Org.ID, &out.Org.Kind, &out.Org.Name, &inv.Email, &inv.Role, &live)
 		if errors.Is(err, pgx.ErrNoRows) || (err == nil && !live) {
+			ev.reason = "unknown_invitation"
 			return apps.FieldError("token", "this invitation is unknown, expired or already used")
 		}
 		if err != nil {
 			return err
 		}
+		// The row goes to the inviting enterprise, but names the user only
+		// once it is a member (below).
+		ev.email = inv.Email
+		if out.Org.Kind == OrgEnterprise {
+			ev.tenant = out.Org.ID
+		}
+		ev.detail["invitation"], ev.detail["role"] = inv.ID.String(), inv.Role
 		u, found, err := s.userByEmail(ctx, tx, inv.Email)
 		if err != nil {
 			return err
@@ -318,6 +338,10 @@ func (s *Service) AcceptInvitation(ctx context.Context, in AcceptInput, c Client
 			}
 			if !verifyPassword(u.hash, in.Password) || !u.active {
 				failedEmail, failedUser = inv.Email, u
+				ev.reason = "wrong_password"
+				if !u.active {
+					ev.reason = "disabled"
+				}
 				return errBadLogin
 			}
 		} else {
@@ -333,6 +357,7 @@ func (s *Service) AcceptInvitation(ctx context.Context, in AcceptInput, c Client
 			if err != nil {
 				return StoreError(err, "user "+inv.Email)
 			}
+			newAccount = true
 		}
 		tag, err := tx.Exec(ctx, `INSERT INTO memberships (org_id, user_id, role) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING`,
 			out.Org.ID, u.id, inv.Role)
@@ -340,6 +365,7 @@ func (s *Service) AcceptInvitation(ctx context.Context, in AcceptInput, c Client
 			return err
 		}
 		if tag.RowsAffected() == 0 {
+			ev.reason = "already_member"
 			return apps.Errorf(apps.Conflict, "you are already a member of %s", out.Org.Name)
 		}
 		if _, err := tx.Exec(ctx, `UPDATE invitations SET accepted_at = now() WHERE id = $1`, inv.ID); err != nil {
@@ -350,11 +376,15 @@ func (s *Service) AcceptInvitation(ctx context.Context, in AcceptInput, c Client
 		return err
 	})
 	if failedEmail != "" {
-		return SessionCreated{}, s.loginFailed(ctx, failedEmail, failedUser, true)
+		ev.locked, err = s.loginFailed(ctx, failedEmail, failedUser, true)
+		return SessionCreated{}, err
 	}
 	if err != nil {
 		return SessionCreated{}, err
 	}
+	ev.user(out.User.ID, out.User.Name)
+	ev.member(out.Org, out.Role)
+	ev.detail["new_account"] = newAccount
 	return out, nil
 }
 
