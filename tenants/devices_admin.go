@@ -60,15 +60,74 @@ func (s *Service) UpdateDevice(ctx context.Context, tenant uuid.UUID, ref string
 }
 
 func (h *Handler) registerDeviceAdmin(g *echo.Group, r *Routes) {
-	r.Add(g, http.MethodPost, "/devices", PermDevicesWrite, h.ownRegisterDevice)
+	r.Add(g, http.MethodPost, "/devices", PermDevicesWrite, h.registerDevice(ownTenantOf))
 	r.Add(g, http.MethodPost, "/devices/import", PermDevicesWrite, h.ownImportDevices)
 	r.Add(g, http.MethodPatch, "/devices/:device", PermDevicesWrite, h.ownUpdateDevice)
-	r.Add(g, http.MethodPost, "/devices/:device/rotate-secret", PermDevicesWrite, h.ownRotateSecret)
-	r.Add(g, http.MethodPost, "/lines", PermDevicesWrite, h.ownCreateLine)
+	r.Add(g, http.MethodPost, "/devices/:device/rotate-secret", PermDevicesWrite, h.rotateSecret(ownTenantOf))
+	r.Add(g, http.MethodPost, "/lines", PermDevicesWrite, h.createLine(ownTenantOf))
 }
 
 func (h *Handler) registerOperatorImport(g *echo.Group, r *Routes) {
 	r.Add(g, http.MethodPost, "/enterprises/:tenant/devices/import", PermOperate, h.operatorImportDevices)
+}
+
+// tenantOf resolves the tenant a request acts on: the operator names it in
+// the path (Handler.tenantParam), an enterprise acts on its own (ownTenantOf).
+type tenantOf func(ctx context.Context, c echo.Context) (uuid.UUID, error)
+
+func ownTenantOf(ctx context.Context, _ echo.Context) (uuid.UUID, error) { return ownTenant(ctx) }
+
+func (h *Handler) registerDevice(of tenantOf) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		ctx := c.Request().Context()
+		tenant, err := of(ctx, c)
+		if err != nil {
+			return err
+		}
+		var in DeviceInput
+		if err := apps.Bind(c.Request().Body, &in); err != nil {
+			return err
+		}
+		d, secret, err := h.svc.RegisterDevice(ctx, tenant, in)
+		if err != nil {
+			return err
+		}
+		return c.JSON(http.StatusCreated, deviceCreated{Device: d, Username: h.username(ctx, d), Secret: secret})
+	}
+}
+
+func (h *Handler) rotateSecret(of tenantOf) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		ctx := c.Request().Context()
+		tenant, err := of(ctx, c)
+		if err != nil {
+			return err
+		}
+		d, secret, err := h.svc.RotateSecret(ctx, tenant, c.Param("device"))
+		if err != nil {
+			return err
+		}
+		return c.JSON(http.StatusOK, deviceCreated{Device: d, Username: h.username(ctx, d), Secret: secret})
+	}
+}
+
+func (h *Handler) createLine(of tenantOf) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		ctx := c.Request().Context()
+		tenant, err := of(ctx, c)
+		if err != nil {
+			return err
+		}
+		var in LineInput
+		if err := apps.Bind(c.Request().Body, &in); err != nil {
+			return err
+		}
+		l, err := h.svc.CreateLine(ctx, tenant, in)
+		if err != nil {
+			return err
+		}
+		return c.JSON(http.StatusCreated, l)
+	}
 }
 
 // ownTenant is the tenant the request's principal acts on.
@@ -78,23 +137,6 @@ func ownTenant(ctx context.Context) (uuid.UUID, error) {
 		return uuid.Nil, apps.Errorf(apps.Unauthorized, "no tenant in this request")
 	}
 	return id, nil
-}
-
-func (h *Handler) ownRegisterDevice(c echo.Context) error {
-	ctx := c.Request().Context()
-	tenant, err := ownTenant(ctx)
-	if err != nil {
-		return err
-	}
-	var in DeviceInput
-	if err := apps.Bind(c.Request().Body, &in); err != nil {
-		return err
-	}
-	d, secret, err := h.svc.RegisterDevice(ctx, tenant, in)
-	if err != nil {
-		return err
-	}
-	return c.JSON(http.StatusCreated, deviceCreated{Device: d, Username: h.username(ctx, d), Secret: secret})
 }
 
 func (h *Handler) ownUpdateDevice(c echo.Context) error {
@@ -112,36 +154,6 @@ func (h *Handler) ownUpdateDevice(c echo.Context) error {
 		return err
 	}
 	return c.JSON(http.StatusOK, d)
-}
-
-func (h *Handler) ownRotateSecret(c echo.Context) error {
-	ctx := c.Request().Context()
-	tenant, err := ownTenant(ctx)
-	if err != nil {
-		return err
-	}
-	d, secret, err := h.svc.RotateSecret(ctx, tenant, c.Param("device"))
-	if err != nil {
-		return err
-	}
-	return c.JSON(http.StatusOK, deviceCreated{Device: d, Username: h.username(ctx, d), Secret: secret})
-}
-
-func (h *Handler) ownCreateLine(c echo.Context) error {
-	ctx := c.Request().Context()
-	tenant, err := ownTenant(ctx)
-	if err != nil {
-		return err
-	}
-	var in LineInput
-	if err := apps.Bind(c.Request().Body, &in); err != nil {
-		return err
-	}
-	l, err := h.svc.CreateLine(ctx, tenant, in)
-	if err != nil {
-		return err
-	}
-	return c.JSON(http.StatusCreated, l)
 }
 
 func (h *Handler) ownImportDevices(c echo.Context) error {

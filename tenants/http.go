@@ -24,10 +24,10 @@ func (h *Handler) RegisterOperator(g *echo.Group, r *Routes) {
 	r.Add(g, http.MethodPost, "/enterprises", PermOperate, h.createEnterprise)
 	r.Add(g, http.MethodGet, "/enterprises/:tenant", PermOperate, h.enterprise)
 	r.Add(g, http.MethodPatch, "/enterprises/:tenant", PermOperate, h.setEnterpriseStatus)
-	r.Add(g, http.MethodPost, "/enterprises/:tenant/lines", PermOperate, h.createLine)
-	r.Add(g, http.MethodPost, "/enterprises/:tenant/devices", PermOperate, h.registerDevice)
+	r.Add(g, http.MethodPost, "/enterprises/:tenant/lines", PermOperate, h.createLine(h.tenantParam))
+	r.Add(g, http.MethodPost, "/enterprises/:tenant/devices", PermOperate, h.registerDevice(h.tenantParam))
 	r.Add(g, http.MethodPatch, "/enterprises/:tenant/devices/:device", PermOperate, h.setDeviceStatus)
-	r.Add(g, http.MethodPost, "/enterprises/:tenant/devices/:device/rotate-secret", PermOperate, h.rotateSecret)
+	r.Add(g, http.MethodPost, "/enterprises/:tenant/devices/:device/rotate-secret", PermOperate, h.rotateSecret(h.tenantParam))
 	h.registerOperatorOrgs(g, r)
 	h.registerOperatorImport(g, r)
 }
@@ -105,45 +105,11 @@ func (h *Handler) tenantParam(ctx context.Context, c echo.Context) (uuid.UUID, e
 	return t.ID, err
 }
 
-func (h *Handler) createLine(c echo.Context) error {
-	ctx := c.Request().Context()
-	tenant, err := h.tenantParam(ctx, c)
-	if err != nil {
-		return err
-	}
-	var in LineInput
-	if err := apps.Bind(c.Request().Body, &in); err != nil {
-		return err
-	}
-	l, err := h.svc.CreateLine(ctx, tenant, in)
-	if err != nil {
-		return err
-	}
-	return c.JSON(http.StatusCreated, l)
-}
-
 // deviceCreated is a device with its credentials, shown once.
 type deviceCreated struct {
 	Device   Device `json:"device"`
 	Username string `json:"mqtt_username"`
 	Secret   string `json:"secret"`
-}
-
-func (h *Handler) registerDevice(c echo.Context) error {
-	ctx := c.Request().Context()
-	tenant, err := h.tenantParam(ctx, c)
-	if err != nil {
-		return err
-	}
-	var in DeviceInput
-	if err := apps.Bind(c.Request().Body, &in); err != nil {
-		return err
-	}
-	d, secret, err := h.svc.RegisterDevice(ctx, tenant, in)
-	if err != nil {
-		return err
-	}
-	return c.JSON(http.StatusCreated, deviceCreated{Device: d, Username: h.username(ctx, d), Secret: secret})
 }
 
 func (h *Handler) username(ctx context.Context, d Device) string {
@@ -171,19 +137,6 @@ func (h *Handler) setDeviceStatus(c echo.Context) error {
 		return err
 	}
 	return c.JSON(http.StatusOK, d)
-}
-
-func (h *Handler) rotateSecret(c echo.Context) error {
-	ctx := c.Request().Context()
-	tenant, err := h.tenantParam(ctx, c)
-	if err != nil {
-		return err
-	}
-	d, secret, err := h.svc.RotateSecret(ctx, tenant, c.Param("device"))
-	if err != nil {
-		return err
-	}
-	return c.JSON(http.StatusOK, deviceCreated{Device: d, Username: h.username(ctx, d), Secret: secret})
 }
 
 func (h *Handler) current(c echo.Context) error {
