@@ -67,35 +67,14 @@ func (h *Handler) revokeGrant(c echo.Context) error {
 func auditQuery(c echo.Context) (AuditQuery, error) {
 	q := AuditQuery{Action: c.QueryParam("action"), Actor: c.QueryParam("actor"), Cursor: c.QueryParam("cursor")}
 	var err error
-	if q.From, err = queryTime(c, "from"); err != nil {
+	if q.From, err = apps.TimeParam(c, "from", time.Time{}); err != nil {
 		return q, err
 	}
-	if q.To, err = queryTime(c, "to"); err != nil {
+	if q.To, err = apps.TimeParam(c, "to", time.Time{}); err != nil {
 		return q, err
 	}
-	if v := c.QueryParam("limit"); v != "" {
-		if q.Limit, err = strconv.Atoi(v); err != nil || q.Limit < 1 {
-			return q, apps.FieldError("limit", "want a positive integer, not %q", clip(v, 40))
-		}
-	}
-	return q, nil
-}
-
-func queryTime(c echo.Context, name string) (time.Time, error) {
-	v := c.QueryParam(name)
-	if v == "" {
-		return time.Time{}, nil
-	}
-	if t, err := time.Parse(time.RFC3339Nano, v); err == nil {
-		if y := t.UTC().Year(); y < 1 || y > 9999 {
-			return time.Time{}, apps.FieldError(name, "%s must be between years 0001 and 9999 UTC", name)
-		}
-		return t.UTC(), nil
-	}
-	if ms, err := strconv.ParseInt(v, 10, 64); err == nil && ms >= 0 && ms < 1e14 {
-		return time.UnixMilli(ms).UTC(), nil
-	}
-	return time.Time{}, apps.FieldError(name, "want an RFC 3339 time (2026-11-23T08:00:00Z) or epoch milliseconds, not %q", clip(v, 40))
+	q.Limit, err = apps.IntParam(c, "limit")
+	return q, err
 }
 
 func (h *Handler) auditLog(c echo.Context) error {

@@ -2,7 +2,6 @@ package telemetry
 
 import (
 	"net/http"
-	"strconv"
 	"strings"
 	"time"
 
@@ -51,7 +50,7 @@ func (h *Handler) raw(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	limit, err := intParam(c, "limit")
+	limit, err := apps.IntParam(c, "limit")
 	if err != nil {
 		return err
 	}
@@ -90,7 +89,7 @@ func (h *Handler) buckets(c echo.Context) error {
 }
 
 func (h *Handler) deadLetters(c echo.Context) error {
-	limit, err := intParam(c, "limit")
+	limit, err := apps.IntParam(c, "limit")
 	if err != nil {
 		return err
 	}
@@ -106,39 +105,10 @@ func (h *Handler) deadLetters(c echo.Context) error {
 // timeRange reads from/to (RFC 3339 or epoch milliseconds); to defaults to
 // now and from to `span` before to.
 func timeRange(c echo.Context, now time.Time, span time.Duration) (time.Time, time.Time, error) {
-	to, err := timeParam(c, "to", now)
+	to, err := apps.TimeParam(c, "to", now)
 	if err != nil {
 		return to, to, err
 	}
-	from, err := timeParam(c, "from", to.Add(-span))
+	from, err := apps.TimeParam(c, "from", to.Add(-span))
 	return from, to, err
-}
-
-func timeParam(c echo.Context, name string, def time.Time) (time.Time, error) {
-	v := c.QueryParam(name)
-	if v == "" {
-		return def.UTC(), nil
-	}
-	if t, err := time.Parse(time.RFC3339Nano, v); err == nil {
-		if y := t.UTC().Year(); y < 1 || y > 9999 {
-			return time.Time{}, apps.FieldError(name, "%s must be between years 0001 and 9999 UTC", name)
-		}
-		return t.UTC(), nil
-	}
-	if ms, err := strconv.ParseInt(v, 10, 64); err == nil && ms >= 0 && ms < 1e14 {
-		return time.UnixMilli(ms).UTC(), nil
-	}
-	return time.Time{}, apps.FieldError(name, "want an RFC 3339 time (2026-11-23T08:00:00Z) or epoch milliseconds, not %q", v)
-}
-
-func intParam(c echo.Context, name string) (int, error) {
-	v := c.QueryParam(name)
-	if v == "" {
-		return 0, nil
-	}
-	n, err := strconv.Atoi(v)
-	if err != nil || n < 1 {
-		return 0, apps.FieldError(name, "want a positive integer, not %q", v)
-	}
-	return n, nil
 }
