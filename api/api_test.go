@@ -715,6 +715,9 @@ func tenantIsolation(t *testing.T, principal string) {
 	// A machine's API key, which A lists.
 	keyA := decode[tenants.APIKeyCreated](t, "A's API key", s.do(t, "POST", "/api/v1/api-keys", bearer(a.APIKey),
 		`{"name":"iso-plc","scopes":["telemetry:read"]}`), http.StatusCreated)
+	// A pending invitation, which A lists.
+	invA := decode[tenants.InvitationCreated](t, "A's invitation", s.do(t, "POST", "/api/v1/invitations", bearer(a.APIKey),
+		`{"email":"iso-invitee-`+suffix+`@test.example","role":"viewer"}`), http.StatusCreated)
 
 	modelsA, err := env.Tenants.Models(a.Ctx())
 	if err != nil {
@@ -727,6 +730,7 @@ func tenantIsolation(t *testing.T, principal string) {
 		"A's API key": a.APIKey, "A's owner id": ownerA.ID.String(), "A's owner email": ownerA.Email, "A's session": sessA,
 		"A's grant id": grantA.ID.String(), "A's API key id": keyA.APIKey.ID.String(), "A's API key prefix": keyA.APIKey.Prefix,
 		"A's second API key": keyA.Key,
+		"A's invitation id":  invA.Invitation.ID.String(), "A's invitee email": invA.Invitation.Email, "A's invitation token": invA.Token,
 	}
 	for _, m := range modelsA {
 		markers["A's model "+m.Key] = m.ID.String()
@@ -868,6 +872,13 @@ func tenantIsolation(t *testing.T, principal string) {
 	}
 	if d, err := env.Tenants.Device(a.Ctx(), devA.Key); err != nil || d.Status != "active" {
 		t.Errorf("A's device after B's attempts: %+v, %v", d, err)
+	}
+	// B cannot revoke A's invitation, by id in any case.
+	for _, ref := range []string{invA.Invitation.ID.String(), strings.ToUpper(invA.Invitation.ID.String())} {
+		wantProblem(t, "B revokes A's invitation", s.do(t, "DELETE", "/api/v1/invitations/"+url.PathEscape(ref), credB, ""), 404, apps.NotFound, "")
+	}
+	if list := decode[struct{ Items []tenants.Invitation }](t, "A's invitations", s.do(t, "GET", "/api/v1/invitations", credA, ""), 200); !slices.ContainsFunc(list.Items, func(x tenants.Invitation) bool { return x.ID == invA.Invitation.ID }) {
+		t.Errorf("A's invitation is gone after B's attempts: %+v", list.Items)
 	}
 	wantProblem(t, "register a device on A's line through B",
 		s.do(t, "POST", "/api/v1/operator/enterprises/"+b.Slug+"/devices", op, `{"key":"x-`+suffix+`","model":"jet-mill","line":"`+lineA.Key+`"}`), 400, apps.Invalid, "line")

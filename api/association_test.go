@@ -36,13 +36,16 @@ func TestAssociationGetsNoRawRows(t *testing.T) {
 	grantA := decode[tenants.Grant](t, "grant", s.do(t, "POST", "/api/v1/grants", keyA,
 		grantBody(env.Org(t, tenants.OrgContractor), time.Now().Add(time.Hour), tenants.PermDevicesRead)), 201)
 	apiKeyA := decode[tenants.APIKeyCreated](t, "key", s.do(t, "POST", "/api/v1/api-keys", keyA, keyBody("asc", "devices:read")), 201)
+	invA := decode[tenants.InvitationCreated](t, "invitation", s.do(t, "POST", "/api/v1/invitations", keyA,
+		`{"email":"asc-invitee-`+uuid.NewString()[:8]+`@test.example","role":"viewer"}`), 201)
 	markers := map[string]string{
 		"A's id": a.ID.String(), "A's slug": a.Slug, "A's device id": devA.ID.String(), "A's device key": devA.Key,
 		"A's owner": ownerA.ID.String(), "A's owner's email": ownerA.Email, "A's grant": grantA.ID.String(),
 		"A's API key id": apiKeyA.APIKey.ID.String(), "A's API key prefix": apiKeyA.APIKey.Prefix, "A's metric": d50.Key,
+		"A's invitation": invA.Invitation.ID.String(), "A's invitee": invA.Invitation.Email,
 	}
 	fills := map[string]string{"device": devA.Key, "grant": grantA.ID.String(), "key": apiKeyA.APIKey.ID.String(),
-		"user": ownerA.ID.String()}
+		"user": ownerA.ID.String(), "invitation": invA.Invitation.ID.String()}
 
 	body := fmt.Sprintf(`{"kind":"association","name":"Magnet makers' association","admin_email":"analyst-%s@test.example"}`, uuid.NewString()[:8])
 	asc := decode[tenants.OrgCreated](t, "association", s.do(t, "POST", "/api/v1/operator/orgs", bearer(token), body), http.StatusCreated)

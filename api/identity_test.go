@@ -262,6 +262,8 @@ func TestIdentitySchemasMatchGoTypes(t *testing.T) {
 		"RoleInput": {tenants.RoleInput{}, false}, "InvitationInput": {tenants.InvitationInput{}, false},
 		"Invitation": {tenants.Invitation{}, true}, "InvitationCreated": {tenants.InvitationCreated{}, true},
 		"Org": {tenants.Org{}, true}, "OrgInput": {tenants.OrgInput{}, false}, "OrgCreated": {tenants.OrgCreated{}, true},
+		"InvitationRevoked": {tenants.InvitationRevoked{}, true}, "UserAccount": {tenants.UserAccount{}, true},
+		"UserMembership": {tenants.UserMembership{}, true}, "UserStatusInput": {tenants.UserStatusInput{}, false},
 	} {
 		props, required := doc.flatten(obj(schemas[name]))
 		fields := map[string]bool{}

@@ -35,6 +35,7 @@ type Invitation struct {
 	ID        uuid.UUID `json:"id"`
 	Email     string    `json:"email"`
 	Role      string    `json:"role"`
+	CreatedAt time.Time `json:"created_at"`
 	ExpiresAt time.Time `json:"expires_at"`
 }
 
@@ -145,8 +146,8 @@ func createInvitation(ctx context.Context, q Querier, org uuid.UUID, email, role
 	token, hash := newToken(invitationTag)
 	inv := Invitation{Email: email, Role: role}
 	err := q.QueryRow(ctx, `INSERT INTO invitations (org_id, email, role, token_hash, expires_at, created_by)
-		VALUES ($1, $2, $3, $4, now() + make_interval(secs => $5), $6) RETURNING id, expires_at`,
-		org, email, role, hash, InvitationLifetime.Seconds(), nullID(by)).Scan(&inv.ID, &inv.ExpiresAt)
+		VALUES ($1, $2, $3, $4, now() + make_interval(secs => $5), $6) RETURNING id, created_at, expires_at`,
+		org, email, role, hash, InvitationLifetime.Seconds(), nullID(by)).Scan(&inv.ID, &inv.CreatedAt, &inv.ExpiresAt)
 	if err != nil {
 		return InvitationCreated{}, StoreError(err, "invitation")
 	}
@@ -311,12 +312,12 @@ func (s *Service) acceptInvitation(ctx context.Context, hash []byte, in AcceptIn
 		var inv Invitation
 		var live bool
 		err := tx.QueryRow(ctx, `SELECT i.id, i.org_id, o.kind, o.name, i.email, i.role,
-			i.accepted_at IS NULL AND i.expires_at > now()
+			i.accepted_at IS NULL AND i.revoked_at IS NULL AND i.expires_at > now()
 			FROM invitations i JOIN orgs o ON o.id = i.org_id WHERE i.token_hash = $1 FOR UPDATE OF i`, hash).
 			Scan(&inv.ID, &out.Org.ID, &out.Org.Kind, &out.Org.Name, &inv.Email, &inv.Role, &live)
 		if errors.Is(err, pgx.ErrNoRows) || (err == nil && !live) {
 			ev.reason = "unknown_invitation"
-			return apps.FieldError("token", "this invitation is unknown, expired or already used")
+			return apps.FieldError("token", "this invitation is unknown, expired, revoked or already used")
 		}
 		if err != nil {
 			return err

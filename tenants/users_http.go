@@ -27,7 +27,9 @@ func (h *Handler) registerAuth(g *echo.Group, r *Routes) {
 func (h *Handler) registerUsers(g *echo.Group, r *Routes) {
 	r.Add(g, http.MethodGet, "/me", PermSelfRead, h.me)
 	r.Add(g, http.MethodGet, "/users", PermUsersRead, h.members)
+	r.Add(g, http.MethodGet, "/invitations", PermUsersRead, h.invitations)
 	r.Add(g, http.MethodPost, "/invitations", PermUsersWrite, h.invite)
+	r.Add(g, http.MethodDelete, "/invitations/:invitation", PermUsersWrite, h.revokeInvitation)
 	r.Add(g, http.MethodPatch, "/users/:user", PermUsersWrite, h.setRole)
 	r.Add(g, http.MethodDelete, "/users/:user", PermUsersWrite, h.removeMember)
 }
@@ -36,6 +38,8 @@ func (h *Handler) registerUsers(g *echo.Group, r *Routes) {
 func (h *Handler) registerOperatorOrgs(g *echo.Group, r *Routes) {
 	r.Add(g, http.MethodGet, "/orgs", PermOperate, h.orgs)
 	r.Add(g, http.MethodPost, "/orgs", PermOperate, h.createOrg)
+	r.Add(g, http.MethodGet, "/users", PermOperate, h.findUsers)
+	r.Add(g, http.MethodPatch, "/users/:user", PermOperate, h.setUserStatus)
 }
 
 func client(c echo.Context) Client {
