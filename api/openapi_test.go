@@ -402,6 +402,7 @@ func TestOpenAPISchemasMatchGoTypes(t *testing.T) {
 		"APIKey":                {tenants.APIKey{}, true},
 		"APIKeyInput":           {tenants.APIKeyInput{}, false},
 		"APIKeyCreated":         {tenants.APIKeyCreated{}, true},
+		"DeviceCredentials":     {tenants.DeviceCredentials{}, true},
 		"EnterpriseStatusInput": {tenants.TenantStatusInput{}, false},
 	} {
 		schema := obj(schemas[name])

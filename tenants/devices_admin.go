@@ -92,7 +92,7 @@ func (h *Handler) registerDevice(of tenantOf) echo.HandlerFunc {
 		if err != nil {
 			return err
 		}
-		return c.JSON(http.StatusCreated, deviceCreated{Device: d, Username: h.username(ctx, d), Secret: secret})
+		return c.JSON(http.StatusCreated, DeviceCredentials{Device: d, Username: h.username(ctx, d), Secret: secret})
 	}
 }
 
@@ -107,7 +107,7 @@ func (h *Handler) rotateSecret(of tenantOf) echo.HandlerFunc {
 		if err != nil {
 			return err
 		}
-		return c.JSON(http.StatusOK, deviceCreated{Device: d, Username: h.username(ctx, d), Secret: secret})
+		return c.JSON(http.StatusOK, DeviceCredentials{Device: d, Username: h.username(ctx, d), Secret: secret})
 	}
 }
 

@@ -114,8 +114,27 @@ func (s *Service) ImportDevices(ctx context.Context, tenant uuid.UUID, rows []Im
 	if len(rows) > MaxImportRows {
 		return ImportResult{}, apps.Errorf(apps.Invalid, "at most %d devices per import", MaxImportRows)
 	}
-	in := make([]DeviceInput, len(rows))
-	bad := make([]*apps.Error, len(rows))
+	in, bad := checkImportRows(rows)
+
+	var res ImportResult
+	ctx = WithTenant(ctx, tenant)
+	err := InTx(ctx, s.db.App, func(tx pgx.Tx) error {
+		var err error
+		res, err = importTx(ctx, tx, tenant, rows, in, bad, dryRun)
+		return err
+	})
+	if err != nil {
+		return ImportResult{}, fmt.Errorf("import devices: %w", err)
+	}
+	return res, nil
+}
+
+// checkImportRows checks what can be checked of the rows without the
+// database: each row's fields (normalized into in) and keys repeated within
+// the import. bad[i] is row i's error, nil when it passed.
+func checkImportRows(rows []ImportRow) (in []DeviceInput, bad []*apps.Error) {
+	in = make([]DeviceInput, len(rows))
+	bad = make([]*apps.Error, len(rows))
 	byKey := map[string][]int{}
 	for i, r := range rows {
 		in[i] = r.Input
@@ -143,32 +162,23 @@ func (s *Service) ImportDevices(ctx context.Context, tenant uuid.UUID, rows []Im
 			}
 		}
 	}
-
-	var res ImportResult
-	ctx = WithTenant(ctx, tenant)
-	err := InTx(ctx, s.db.App, func(tx pgx.Tx) error {
-		var err error
-		res, err = importTx(ctx, tx, tenant, rows, in, bad, dryRun)
-		return err
-	})
-	if err != nil {
-		return ImportResult{}, fmt.Errorf("import devices: %w", err)
-	}
-	return res, nil
+	return in, bad
 }
 
 // importTx resolves models and lines, finds keys the tenant already has and
-// inserts the remaining rows with one statement.
+// inserts the remaining rows with one statement. Every query names the
+// tenant (nx_tenant()), so tx may also be a system transaction that RLS does
+// not scope (the onboarding one).
 func importTx(ctx context.Context, tx pgx.Tx, tenant uuid.UUID, rows []ImportRow, in []DeviceInput, bad []*apps.Error, dryRun bool) (ImportResult, error) {
 	var slug string
 	if err := tx.QueryRow(ctx, `SELECT slug FROM tenants WHERE id = nx_tenant()`).Scan(&slug); err != nil {
 		return ImportResult{}, StoreError(err, "enterprise")
 	}
-	models, err := keyIDs(ctx, tx, `SELECT key, id FROM device_models`)
+	models, err := keyIDs(ctx, tx, `SELECT key, id FROM device_models WHERE tenant_id = nx_tenant()`)
 	if err != nil {
 		return ImportResult{}, err
 	}
-	lines, err := keyIDs(ctx, tx, `SELECT key, id FROM lines`)
+	lines, err := keyIDs(ctx, tx, `SELECT key, id FROM lines WHERE tenant_id = nx_tenant()`)
 	if err != nil {
 		return ImportResult{}, err
 	}
@@ -185,7 +195,7 @@ func importTx(ctx context.Context, tx pgx.Tx, tenant uuid.UUID, rows []ImportRow
 			keys = append(keys, in[i].Key)
 		}
 	}
-	existing, err := keyIDs(ctx, tx, `SELECT key, id FROM devices WHERE key = ANY($1)`, keys)
+	existing, err := keyIDs(ctx, tx, `SELECT key, id FROM devices WHERE tenant_id = nx_tenant() AND key = ANY($1)`, keys)
 	if err != nil {
 		return ImportResult{}, err
 	}

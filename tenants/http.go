@@ -85,6 +85,12 @@ func (h *Handler) createEnterprise(c echo.Context) error {
 	if o.OwnerInvitation != "" {
 		out["owner_invitation"] = o.OwnerInvitation
 	}
+	if len(in.Lines) > 0 {
+		out["lines"] = o.Lines
+	}
+	if len(in.Devices) > 0 {
+		out["devices"] = o.Devices
+	}
 	return c.JSON(http.StatusCreated, out)
 }
 
@@ -103,13 +109,6 @@ func (h *Handler) tenantParam(ctx context.Context, c echo.Context) (uuid.UUID, e
 	}
 	t, err := h.svc.EnterpriseBySlug(ctx, ref)
 	return t.ID, err
-}
-
-// deviceCreated is a device with its credentials, shown once.
-type deviceCreated struct {
-	Device   Device `json:"device"`
-	Username string `json:"mqtt_username"`
-	Secret   string `json:"secret"`
 }
 
 func (h *Handler) username(ctx context.Context, d Device) string {

@@ -103,6 +103,11 @@ type EnterpriseInput struct {
 	// OwnerEmail, when set, is invited to be the enterprise's owner
 	// (CreateEnterpriseWithOwner).
 	OwnerEmail string `json:"owner_email,omitempty"`
+	// Lines and Devices, when given, are created in the new enterprise in
+	// the same transaction (CreateEnterpriseWithOwner): a device's model is
+	// one of the sector's, its line one of Lines.
+	Lines   []LineInput   `json:"lines,omitempty"`
+	Devices []DeviceInput `json:"devices,omitempty"`
 }
 
 // Onboarded is a new enterprise with its first API key and, when an owner was
@@ -111,6 +116,17 @@ type Onboarded struct {
 	Tenant          Tenant
 	APIKey          string
 	OwnerInvitation string
+	// Lines and Devices are those of EnterpriseInput, created; each device
+	// comes with its MQTT username and secret (shown once).
+	Lines   []Line
+	Devices []DeviceCredentials
+}
+
+// DeviceCredentials is a device with its MQTT credentials, shown once.
+type DeviceCredentials struct {
+	Device   Device `json:"device"`
+	Username string `json:"mqtt_username"`
+	Secret   string `json:"secret"`
 }
 
 // CreateEnterprise is CreateEnterpriseWithOwner for callers that invite no
@@ -121,6 +137,9 @@ func (s *Service) CreateEnterprise(ctx context.Context, in EnterpriseInput) (Ten
 	if in.OwnerEmail != "" {
 		return Tenant{}, "", apps.FieldError("owner_email", "use CreateEnterpriseWithOwner to get the owner's invitation")
 	}
+	if len(in.Devices) > 0 {
+		return Tenant{}, "", apps.FieldError("devices", "use CreateEnterpriseWithOwner to get the devices' secrets")
+	}
 	o, err := s.CreateEnterpriseWithOwner(ctx, in)
 	return o.Tenant, o.APIKey, err
 }
@@ -129,7 +148,9 @@ func (s *Service) CreateEnterprise(ctx context.Context, in EnterpriseInput) (Ten
 // sector's template (device models and metrics, defect codes, grades) for it,
 // plus its enterprise organisation, a first API key and, when in.OwnerEmail
 // is set, an invitation for its owner, in one transaction. Errors: invalid,
-// conflict (slug taken).
+// conflict (slug taken). With in.Lines and in.Devices it also creates those
+// lines and devices; every row is checked before anything is written, and a
+// bad one refuses the whole call (invalid, naming the row).
 func (s *Service) CreateEnterpriseWithOwner(ctx context.Context, in EnterpriseInput) (Onboarded, error) {
 	if !slugRE.MatchString(in.Slug) {
 		return Onboarded{}, apps.FieldError("slug", "want 2-63 lower-case letters, digits or '-', starting with a letter or digit")
@@ -146,8 +167,12 @@ func (s *Service) CreateEnterpriseWithOwner(ctx context.Context, in EnterpriseIn
 			return Onboarded{}, err
 		}
 	}
+	lines, rows, err := checkOnboardRows(tpl, in.Lines, in.Devices)
+	if err != nil {
+		return Onboarded{}, err
+	}
 	var o Onboarded
-	err := pgx.BeginFunc(ctx, s.db.System, func(tx pgx.Tx) error {
+	err = pgx.BeginFunc(ctx, s.db.System, func(tx pgx.Tx) error {
 		t := &o.Tenant
 		err := tx.QueryRow(ctx, `INSERT INTO tenants (slug, name, sector_id) VALUES ($1, $2, $3)
 			RETURNING id, slug, name, sector_id, status, created_at`, in.Slug, in.Name, in.Sector).
@@ -169,6 +194,10 @@ func (s *Service) CreateEnterpriseWithOwner(ctx context.Context, in EnterpriseIn
 			o.OwnerInvitation = inv.Token
 		}
 		o.APIKey, err = createAPIKey(ctx, tx, t.ID, "initial key", "", "")
+		if err != nil {
+			return err
+		}
+		o.Lines, o.Devices, err = onboardRows(ctx, tx, t.ID, lines, rows)
 		return err
 	})
 	if err != nil {
@@ -279,22 +308,39 @@ type LineInput struct {
 
 // CreateLine adds a production line to a tenant. Errors: invalid, conflict.
 func (s *Service) CreateLine(ctx context.Context, tenant uuid.UUID, in LineInput) (Line, error) {
+	if err := in.normalize(); err != nil {
+		return Line{}, err
+	}
+	var l Line
+	err := InTx(WithTenant(ctx, tenant), s.db.App, func(tx pgx.Tx) error {
+		var err error
+		l, err = createLineTx(ctx, tx, in)
+		return err
+	})
+	return l, err
+}
+
+// normalize checks a line's fields and fills the name's default. Errors:
+// invalid (with the field).
+func (in *LineInput) normalize() error {
 	if !keyPattern.MatchString(in.Key) {
-		return Line{}, apps.FieldError("key", "want 1-64 letters, digits, '_', '.' or '-'")
+		return apps.FieldError("key", "want 1-64 letters, digits, '_', '.' or '-'")
 	}
 	if in.Name == "" {
 		in.Name = in.Key
 	}
 	if utf8.RuneCountInString(in.Name) > 200 {
-		return Line{}, apps.FieldError("name", "at most 200 characters")
+		return apps.FieldError("name", "at most 200 characters")
 	}
+	return nil
+}
+
+// createLineTx inserts a normalized line into the tenant of tx (nx_tenant()).
+func createLineTx(ctx context.Context, tx pgx.Tx, in LineInput) (Line, error) {
 	l := Line{Key: in.Key, Name: in.Name}
-	err := InTx(WithTenant(ctx, tenant), s.db.App, func(tx pgx.Tx) error {
-		err := tx.QueryRow(ctx, `INSERT INTO lines (tenant_id, key, name) VALUES (nx_tenant(), $1, $2) RETURNING id`,
-			in.Key, in.Name).Scan(&l.ID)
-		return StoreError(err, "line "+in.Key)
-	})
-	return l, err
+	err := tx.QueryRow(ctx, `INSERT INTO lines (tenant_id, key, name) VALUES (nx_tenant(), $1, $2) RETURNING id`,
+		in.Key, in.Name).Scan(&l.ID)
+	return l, StoreError(err, "line "+in.Key)
 }
 
 // Lines lists the lines of the tenant of ctx.
