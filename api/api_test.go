@@ -57,6 +57,7 @@ func newServer(t testing.TB, env *tenanttest.Env, operatorToken string, extra ..
 	srv, err := api.New(api.Config{OperatorToken: operatorToken, Logger: log}, api.Deps{
 		Tenants:   env.Tenants,
 		Telemetry: telemetry.NewService(env.DB.App, env.Redis, env.Tenants, log),
+		Apps:      api.NewApps(api.AppDeps{DB: &env.DB, Tenants: env.Tenants, Redis: env.Redis, Downlink: testDownlink{}, Logger: log}),
 		Registry:  prometheus.NewRegistry(),
 		Ready: func(ctx context.Context) (map[string]string, bool) {
 			if err := env.DB.System.Ping(ctx); err != nil {
@@ -71,6 +72,12 @@ func newServer(t testing.TB, env *tenanttest.Env, operatorToken string, extra ..
 	}
 	return &testServer{env: env, srv: srv, doc: loadDoc(t)}
 }
+
+// testDownlink stands in for the broker where a test does not look at what
+// is sent to devices (tests of recipe downloads use a real broker).
+type testDownlink struct{}
+
+func (testDownlink) Publish(string, []byte, bool, byte) error { return nil }
 
 type response struct {
 	status int
@@ -215,7 +222,8 @@ func (s *testServer) routes() []*echo.Route {
 func isOperatorRoute(r *echo.Route) bool { return strings.HasPrefix(r.Path, "/api/v1/operator/") }
 
 func isTenantRoute(r *echo.Route) bool {
-	return strings.HasPrefix(r.Path, "/api/v1/") && !isOperatorRoute(r) && !isAuthRoute(r) && r.Path != "/api/v1/openapi.json"
+	return strings.HasPrefix(r.Path, "/api/v1/") && !isOperatorRoute(r) && !isAuthRoute(r) && r.Path != "/api/v1/openapi.json" &&
+		!strings.HasPrefix(r.Path, "/api/v1/public/")
 }
 
 // isAuthRoute reports the sign-in routes, which authenticate by what they
@@ -756,6 +764,22 @@ func tenantIsolation(t *testing.T, principal string) {
 	// Query parameters a route needs to answer A 200.
 	routeQuery := map[string]string{
 		"/api/v1/devices/:device/series": "metric=" + d50.Key,
+	}
+
+	for _, seed := range appIsolationSeeds {
+		x := seed(t, s, a, bearer(a.APIKey))
+		for k, v := range x.Markers {
+			markers[k] = v
+		}
+		for k, v := range x.Fills {
+			if _, dup := fills[k]; dup {
+				t.Fatalf("path parameter :%s is filled twice; apps must name their parameters apart", k)
+			}
+			fills[k] = v
+		}
+		for k, v := range x.Query {
+			routeQuery[k] = v
+		}
 	}
 
 	var checked int

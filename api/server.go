@@ -7,6 +7,7 @@ import (
 	"context"
 	"crypto/subtle"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
@@ -40,7 +41,9 @@ type Config struct {
 type Deps struct {
 	Tenants   *tenants.Service
 	Telemetry *telemetry.Service
-	Registry  *prometheus.Registry
+	// Apps are the N apps (batch, downgrade, quality, recipe).
+	Apps     *Apps
+	Registry *prometheus.Registry
 	// Ready reports whether the process can serve (database, Redis, broker,
 	// ingest backlog); the map holds each check's state.
 	Ready func(ctx context.Context) (map[string]string, bool)
@@ -63,6 +66,10 @@ func New(cfg Config, deps Deps) (*Server, error) {
 	log := cfg.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
+	}
+	doc, err := openapiMerged()
+	if err != nil {
+		return nil, fmt.Errorf("OpenAPI document: %w", err)
 	}
 	e := echo.New()
 	e.HideBanner, e.HidePort = true, true
@@ -105,7 +112,7 @@ func New(cfg Config, deps Deps) (*Server, error) {
 	}
 	v1 := e.Group("/api/v1")
 	v1.GET("/openapi.json", func(c echo.Context) error {
-		return c.Blob(http.StatusOK, "application/json", openapiDoc)
+		return c.Blob(http.StatusOK, "application/json", doc)
 	})
 	th := tenants.NewHandler(deps.Tenants)
 	th.RegisterPublic(v1.Group("/auth"), s.routes)
@@ -114,6 +121,7 @@ func New(cfg Config, deps Deps) (*Server, error) {
 	tg := v1.Group("", tenantAuth(deps.Tenants, s.routes), s.audit)
 	th.RegisterTenant(tg, s.routes)
 	telemetry.NewHandler(deps.Telemetry).Register(tg, s.routes)
+	deps.Apps.register(tg, v1.Group("/public"), s.routes)
 	for _, r := range deps.ExtraTenant {
 		r(tg, s.routes)
 	}

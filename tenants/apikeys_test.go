@@ -25,8 +25,9 @@ func keyPrincipal(t *testing.T, env *tenanttest.Env, key string) tenants.Princip
 
 func TestAPIKeyScopes(t *testing.T) {
 	t.Parallel()
-	want := []string{"audit:read", "benchmarks:read", "devices:read", "devices:write", "grants:read", "keys:read",
-		"telemetry:read", "tenant:read", "users:read"}
+	want := []string{"audit:read", "batch:read", "batch:write", "benchmarks:read", "devices:read", "devices:write",
+		"downgrades:approve", "downgrades:read", "downgrades:write", "grants:read", "keys:read", "quality:read", "quality:write",
+		"recipes:approve", "recipes:read", "recipes:write", "telemetry:read", "tenant:read", "usage:read", "users:read"}
 	if got := tenants.APIKeyScopes(); !slices.Equal(got, want) {
 		t.Errorf("APIKeyScopes() = %v, want %v", got, want)
 	}

@@ -60,6 +60,22 @@ const (
 	PermAuditRead      = "audit:read"
 	PermModulesDeploy  = "modules:deploy"
 	PermBenchmarksRead = "benchmarks:read"
+	// N apps. Read lets a principal see an app's records; write lets it
+	// record (lots, results, drafts); approve is the decision a quality or
+	// production lead takes (releasing a recipe, accepting a downgrade).
+	PermBatchRead      = "batch:read"
+	PermBatchWrite     = "batch:write"
+	PermQualityRead    = "quality:read"
+	PermQualityWrite   = "quality:write"
+	PermRecipesRead    = "recipes:read"
+	PermRecipesWrite   = "recipes:write"
+	PermRecipesApprove = "recipes:approve"
+	PermDowngradeRead  = "downgrades:read"
+	PermDowngradeWrite = "downgrades:write"
+	// PermDowngradeApprove decides a downgrade proposal (approve or reject).
+	PermDowngradeApprove = "downgrades:approve"
+	// PermUsageRead lets a principal see its tenant's metered usage and bills.
+	PermUsageRead = "usage:read"
 	// PermSelfRead lets any signed-in principal read who it is (GET /me);
 	// every role holds it, whatever its organisation and tenant.
 	PermSelfRead = "self:read"
@@ -71,11 +87,11 @@ const (
 // rolePermissions is the one table that maps roles to permissions.
 var rolePermissions = map[string]map[string][]string{
 	OrgEnterprise: {
-		"owner":    {PermSelfRead, PermTenantRead, PermDevicesRead, PermDevicesWrite, PermTelemetryRead, PermUsersRead, PermUsersWrite, PermKeysRead, PermKeysWrite, PermGrantsRead, PermGrantsWrite, PermAuditRead, PermBenchmarksRead},
-		"admin":    {PermSelfRead, PermTenantRead, PermDevicesRead, PermDevicesWrite, PermTelemetryRead, PermUsersRead, PermUsersWrite, PermKeysRead, PermKeysWrite, PermGrantsRead, PermGrantsWrite, PermAuditRead, PermBenchmarksRead},
-		"engineer": {PermSelfRead, PermTenantRead, PermDevicesRead, PermDevicesWrite, PermTelemetryRead, PermBenchmarksRead},
-		"operator": {PermSelfRead, PermTenantRead, PermDevicesRead, PermTelemetryRead},
-		"viewer":   {PermSelfRead, PermTenantRead, PermDevicesRead, PermTelemetryRead},
+		"owner":    append([]string{PermSelfRead, PermTenantRead, PermDevicesRead, PermDevicesWrite, PermTelemetryRead, PermUsersRead, PermUsersWrite, PermKeysRead, PermKeysWrite, PermGrantsRead, PermGrantsWrite, PermAuditRead, PermBenchmarksRead, PermUsageRead}, appsLead...),
+		"admin":    append([]string{PermSelfRead, PermTenantRead, PermDevicesRead, PermDevicesWrite, PermTelemetryRead, PermUsersRead, PermUsersWrite, PermKeysRead, PermKeysWrite, PermGrantsRead, PermGrantsWrite, PermAuditRead, PermBenchmarksRead, PermUsageRead}, appsLead...),
+		"engineer": append([]string{PermSelfRead, PermTenantRead, PermDevicesRead, PermDevicesWrite, PermTelemetryRead, PermBenchmarksRead}, appsLead...),
+		"operator": append([]string{PermSelfRead, PermTenantRead, PermDevicesRead, PermTelemetryRead}, appsWork...),
+		"viewer":   append([]string{PermSelfRead, PermTenantRead, PermDevicesRead, PermTelemetryRead}, appsRead...),
 	},
 	// A contractor member's rights on a tenant are exactly its grant's scopes
 	// (self:read aside, which is about the member, not the tenant).
@@ -84,8 +100,18 @@ var rolePermissions = map[string]map[string][]string{
 	OrgOperator:    {"admin": {PermSelfRead, PermOperate}},
 }
 
+// appsRead, appsWork and appsLead are the N-app permissions of viewers
+// (read), shop-floor operators (read and record) and engineers, admins and
+// owners (read, record and decide).
+var (
+	appsRead = []string{PermBatchRead, PermQualityRead, PermRecipesRead, PermDowngradeRead}
+	appsWork = append(slices.Clone(appsRead), PermBatchWrite, PermQualityWrite, PermDowngradeWrite)
+	appsLead = append(slices.Clone(appsWork), PermRecipesWrite, PermRecipesApprove, PermDowngradeApprove)
+)
+
 // GrantableScopes are the scopes an enterprise may grant a contractor.
-var GrantableScopes = []string{PermTenantRead, PermDevicesRead, PermDevicesWrite, PermTelemetryRead, PermModulesDeploy}
+var GrantableScopes = []string{PermTenantRead, PermDevicesRead, PermDevicesWrite, PermTelemetryRead, PermModulesDeploy,
+	PermBatchRead, PermQualityRead, PermRecipesRead, PermDowngradeRead}
 
 // AllScopes is the scope of the keys made at onboarding and by the demo:
 // every permission of the enterprise (Authorize lets such a key do whatever

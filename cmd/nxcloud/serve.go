@@ -167,9 +167,16 @@ func startPlatform(ctx context.Context, cfg config, log *slog.Logger, opt platfo
 	if cfg.TrustedProxies != "" {
 		proxies = strings.Split(cfg.TrustedProxies, ",")
 	}
+	nApps := api.NewApps(api.AppDeps{DB: &tenants.DB{System: p.sys, App: p.app}, Tenants: p.tenants, Redis: p.rdb,
+		Downlink: p.broker, Logger: log})
+	for _, job := range nApps.Jobs {
+		p.bg.Add(1)
+		go func() { defer p.bg.Done(); job(bgctx) }()
+	}
 	p.api, err = api.New(api.Config{OperatorToken: cfg.OperatorToken, TrustedProxies: proxies, Logger: log}, api.Deps{
 		Tenants:   p.tenants,
 		Telemetry: telemetry.NewService(p.app, p.rdb, p.tenants, log),
+		Apps:      nApps,
 		Registry:  p.reg,
 		Ready:     p.ready,
 	})

@@ -1,0 +1,65 @@
+package api
+
+import (
+	"context"
+	"log/slog"
+
+	"github.com/labstack/echo/v4"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/nxcloud/nxcloud/apps/batch"
+	"github.com/nxcloud/nxcloud/apps/downgrade"
+	"github.com/nxcloud/nxcloud/apps/quality"
+	"github.com/nxcloud/nxcloud/apps/recipe"
+	"github.com/nxcloud/nxcloud/tenants"
+)
+
+// AppDeps are what the N apps are built from.
+type AppDeps struct {
+	DB      *tenants.DB
+	Tenants *tenants.Service
+	Redis   redis.UniversalClient
+	// Downlink sends commands to devices (recipe downloads).
+	Downlink recipe.Downlink
+	Logger   *slog.Logger
+}
+
+// Apps are the N apps, built once and shared by the HTTP server and the
+// background jobs, so the process and the tests serve the same apps.
+type Apps struct {
+	Batch     *batch.Service
+	Downgrade *downgrade.Service
+	Quality   *quality.Service
+	Recipe    *recipe.Service
+	// Jobs run in the background while the process serves (event feeds,
+	// download retries, deviation detection); each returns when ctx ends.
+	Jobs []func(ctx context.Context)
+}
+
+// NewApps builds the N apps.
+func NewApps(d AppDeps) *Apps {
+	log := d.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	a := &Apps{
+		Batch:     batch.NewService(d.DB, log.With("app", "batch")),
+		Downgrade: downgrade.NewService(d.DB, log.With("app", "downgrade")),
+		Quality:   quality.NewService(d.DB, log.With("app", "quality")),
+		Recipe:    recipe.NewService(d.DB, d.Downlink, log.With("app", "recipe")),
+	}
+	return a
+}
+
+// register adds the apps' routes: tenant routes on tg, routes open without
+// authentication (a label's public resolve) on public.
+func (a *Apps) register(tg, public *echo.Group, r *tenants.Routes) {
+	if a == nil {
+		return
+	}
+	batch.NewHandler(a.Batch).Register(tg, r)
+	downgrade.NewHandler(a.Downgrade).Register(tg, r)
+	quality.NewHandler(a.Quality).Register(tg, r)
+	recipe.NewHandler(a.Recipe).Register(tg, r)
+	_ = public
+}
