@@ -114,4 +114,6 @@ func clip(s string, n int) string {
 }
 
 // invalidf is shorthand for a field error.
-func invalidf(field, format string, args ...any) error { return apps.FieldError(field, format, args...) }
+func invalidf(field, format string, args ...any) error {
+	return apps.FieldError(field, format, args...)
+}

@@ -24,8 +24,8 @@ const maxN = 25
 // (1-F_R(r)) dr with F_R(r) = N·∫ φ(x)·(Φ(x+r)-Φ(x))^(N-1) dx. The test checks
 // them against the printed table and against closed forms for N = 2.
 type Constants struct {
-	N                      int
-	D2, D3, C4             float64
+	N                       int
+	D2, D3, C4              float64
 	A2, LD3, D4, A3, B3, B4 float64
 }
 
