@@ -84,6 +84,7 @@ type Config struct {
 	MaxClientWritesPending      int           // outbound queue per client (default 8192)
 	SessionExpiry               time.Duration // maximum session expiry (default 24h)
 	MessageExpiry               time.Duration // maximum message expiry (default 24h)
+	Limits                      Limits        // against hostile clients (limits.go)
 	Logger                      *slog.Logger  // nil discards
 }
 
@@ -118,6 +119,7 @@ func (c *Config) setDefaults() {
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
+	c.Limits.setDefaults(c.MaxPacketSize)
 }
 
 // Stats are counters for metrics.
@@ -137,6 +139,7 @@ type Broker struct {
 	log    *slog.Logger
 	server *mqtt.Server
 	hook   *hook
+	limits *limits
 
 	// stopCtx ends the recheck loop and pending credential checks first on
 	// Close; sinkCtx (passed to Sink.Handle) only after the clients are gone.
@@ -205,6 +208,11 @@ func New(cfg Config, devices Devices, sink Sink, presence Presence) (*Broker, er
 		SysTopicResendInterval: sysTopicInterval,
 		InlineClient:           true, // for Publish
 	})
+	// The limits hook runs first: a publish it rejects never reaches the Sink.
+	b.limits = newLimits(cfg.Limits, cfg.MaxPacketSize, stopCtx.Done(), b.kick)
+	if err := b.server.AddHook(b.limits, nil); err != nil {
+		return nil, fmt.Errorf("broker: add limits hook: %w", err)
+	}
 	b.hook = &hook{
 		b:        b,
 		devices:  devices,
@@ -246,6 +254,7 @@ func (b *Broker) Start() error {
 			return fail(fmt.Errorf("broker: listen %s on %s: %w", a.id, a.addr, err))
 		}
 		l := newListener(a.id, ln, a.ws, b.cfg.ConnectTimeout, b.disconnectListener, b.log)
+		l.limits = b.limits
 		lns = append(lns, l)
 		if a.ws {
 			b.ws = l

@@ -33,6 +33,7 @@ type listener struct {
 	connectTimeout time.Duration
 	disconnect     func(listenerID string) // disconnects established clients
 	log            *slog.Logger
+	limits         *limits // connect rate and write timeout (limits.go); nil: none
 
 	mu      sync.Mutex
 	conns   map[net.Conn]struct{} // raw sockets being served
@@ -101,6 +102,10 @@ func (l *listener) Serve(establish listeners.EstablishFn) {
 			continue
 		}
 		backoff = 0
+		if !l.limits.admit(c.RemoteAddr().String()) {
+			l.limits.refuse(c)
+			continue
+		}
 		if !l.track(c) {
 			continue
 		}
@@ -121,6 +126,10 @@ func (l *listener) serveWS(establish listeners.EstablishFn) {
 		MaxHeaderBytes:    16 << 10,
 		ErrorLog:          slog.NewLogLogger(l.log.Handler(), slog.LevelDebug),
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if !l.limits.admit(r.RemoteAddr) {
+				http.Error(w, "connection rate exceeded", http.StatusTooManyRequests)
+				return
+			}
 			ws, err := up.Upgrade(w, r, nil)
 			if err != nil {
 				return // Upgrade has answered
@@ -170,6 +179,7 @@ func (l *listener) serveConn(raw, c net.Conn, establish listeners.EstablishFn) {
 		l.wg.Done()
 	}()
 	// Until CONNECT; mochi then sets the keepalive deadline (or none).
+	c = l.limits.wrap(c)
 	_ = c.SetDeadline(time.Now().Add(l.connectTimeout))
 	if err := establish(l.id, c); err != nil {
 		l.log.Debug("broker: connection ended", "listener", l.id, "remote", raw.RemoteAddr().String(), "error", err)
