@@ -1,0 +1,276 @@
+package recipe
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+
+	"github.com/nxcloud/nxcloud/tenants"
+)
+
+// Limits crossed.
+const (
+	Upper = "upper"
+	Lower = "lower"
+)
+
+// scanPage is how many points of one series a scan reads per query.
+const scanPage = 5000
+
+// run is a lot run deviation detection looks at.
+type run struct {
+	id             int64
+	lot, device    uuid.UUID
+	started        time.Time
+	ended          *time.Time
+	version        uuid.UUID
+	deviceModelID  uuid.UUID
+	deviceModelKey string
+	scannedTo      time.Time
+}
+
+// ScanDeviations scans the telemetry of every lot run with a recipe version
+// that is not fully scanned, from its watermark up to now minus Settle, and
+// records deviations. It returns how many runs it scanned. The job runs it
+// periodically; tests call it to step the job.
+func (s *Service) ScanDeviations(ctx context.Context) (int, error) {
+	horizon := s.now().Add(-s.Settle)
+	// Finding the work crosses tenants (system pool); each run is then
+	// scanned in its tenant's transaction through the tenant-filtered
+	// telemetry functions.
+	rows, err := s.db.System.Query(ctx, `SELECT r.id, r.tenant_id
+		FROM lot_runs r JOIN lots l ON l.id = r.lot_id
+		LEFT JOIN recipe_run_scans sc ON sc.run_id = r.id
+		WHERE l.recipe_version_id IS NOT NULL AND NOT coalesce(sc.done, false) AND r.started_at < $1
+		  AND (coalesce(sc.scanned_to, r.started_at) < LEAST(r.ended_at, $1) OR (r.ended_at IS NOT NULL AND r.ended_at <= $1))
+		ORDER BY r.id LIMIT 1000`, horizon)
+	if err != nil {
+		return 0, err
+	}
+	type todo struct {
+		id     int64
+		tenant uuid.UUID
+	}
+	list, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (todo, error) {
+		var t todo
+		return t, r.Scan(&t.id, &t.tenant)
+	})
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	var errs []error
+	for _, t := range list {
+		if err := s.scanRun(tenants.WithTenant(ctx, t.tenant), t.id, horizon); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		n++
+	}
+	return n, errors.Join(errs...)
+}
+
+// RunDeviations runs ScanDeviations every interval until ctx ends.
+func (s *Service) RunDeviations(ctx context.Context, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		if _, err := s.ScanDeviations(ctx); err != nil && ctx.Err() == nil {
+			s.log.Warn("recipe: deviation scan", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// scanRun scans one run from its watermark to horizon (or the run's end).
+func (s *Service) scanRun(ctx context.Context, runID int64, horizon time.Time) error {
+	return tenants.InTx(ctx, s.db.App, func(tx pgx.Tx) error {
+		var r run
+		var version *uuid.UUID
+		err := tx.QueryRow(ctx, `SELECT r.id, r.lot_id, r.device_id, r.started_at, r.ended_at, l.recipe_version_id,
+				dev.device_model_id, m.key
+			FROM lot_runs r JOIN lots l ON l.id = r.lot_id JOIN devices dev ON dev.id = r.device_id
+			JOIN device_models m ON m.id = dev.device_model_id WHERE r.id = $1`, runID).
+			Scan(&r.id, &r.lot, &r.device, &r.started, &r.ended, &version, &r.deviceModelID, &r.deviceModelKey)
+		if err != nil {
+			return tenants.StoreError(err, "lot run")
+		}
+		if _, err := tx.Exec(ctx, `INSERT INTO recipe_run_scans (tenant_id, run_id, scanned_to) VALUES (nx_require_tenant(), $1, $2)
+			ON CONFLICT (run_id) DO NOTHING`, r.id, r.started); err != nil {
+			return err
+		}
+		var done bool
+		if err := tx.QueryRow(ctx, `SELECT scanned_to, done FROM recipe_run_scans WHERE run_id = $1 FOR UPDATE`, r.id).Scan(&r.scannedTo, &done); err != nil {
+			return err
+		}
+		if done {
+			return nil
+		}
+		var params []Parameter
+		if version != nil {
+			var raw []byte
+			err := tx.QueryRow(ctx, `SELECT parameters FROM recipe_versions WHERE id = $1`, *version).Scan(&raw)
+			if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+				return err
+			}
+			if err == nil {
+				r.version = *version
+				if err := json.Unmarshal(raw, &params); err != nil {
+					return err
+				}
+			}
+		}
+		end, finishing := horizon, false
+		if r.ended != nil && !r.ended.After(horizon) {
+			end, finishing = *r.ended, true
+		}
+		if r.version != uuid.Nil && r.scannedTo.Before(end) {
+			for _, p := range params {
+				if p.Model != r.deviceModelKey {
+					continue
+				}
+				if err := s.scanParameter(ctx, tx, r, p, end); err != nil {
+					return err
+				}
+			}
+		}
+		if finishing || r.version == uuid.Nil {
+			// The run is over: a deviation still open ends with it.
+			if r.ended != nil {
+				if _, err := tx.Exec(ctx, `UPDATE recipe_deviations SET ended_at = $2 WHERE run_id = $1 AND ended_at IS NULL`, r.id, *r.ended); err != nil {
+					return err
+				}
+			}
+		}
+		if end.Before(r.scannedTo) {
+			end = r.scannedTo
+		}
+		_, err = tx.Exec(ctx, `UPDATE recipe_run_scans SET scanned_to = $2, done = $3, updated_at = now() WHERE run_id = $1`,
+			r.id, end, finishing || r.version == uuid.Nil)
+		return err
+	})
+}
+
+// excursion is a deviation being built by a scan.
+type excursion struct {
+	id            uuid.UUID
+	stored        bool
+	side          string
+	started, last time.Time
+	ended         *time.Time
+	worst         float64
+	worstAt       time.Time
+	points        int
+}
+
+// scanParameter reads one parameter's series in [r.scannedTo, end) and
+// continues, closes and opens deviations.
+func (s *Service) scanParameter(ctx context.Context, tx pgx.Tx, r run, p Parameter, end time.Time) error {
+	var metricID int32
+	if err := tx.QueryRow(ctx, `SELECT id FROM metrics WHERE device_model_id = $1 AND key = $2`, r.deviceModelID, p.Metric).Scan(&metricID); err != nil {
+		if errors.Is(err, pgx.ErrNoRows) {
+			return nil // the metric left the model: nothing to watch
+		}
+		return err
+	}
+	var open *excursion
+	var ex excursion
+	err := tx.QueryRow(ctx, `SELECT id, limit_crossed, started_at, last_at, worst_value, worst_at, points
+		FROM recipe_deviations WHERE run_id = $1 AND metric = $2 AND ended_at IS NULL`, r.id, p.Metric).
+		Scan(&ex.id, &ex.side, &ex.started, &ex.last, &ex.worst, &ex.worstAt, &ex.points)
+	switch {
+	case err == nil:
+		ex.stored = true
+		open = &ex
+	case !errors.Is(err, pgx.ErrNoRows):
+		return err
+	}
+	var done []*excursion
+	from := r.scannedTo
+	for from.Before(end) {
+		rows, err := tx.Query(ctx, `SELECT ts, value FROM telemetry_raw($1, $2, $3, $4, $5)`, r.device, metricID, from, end, scanPage)
+		if err != nil {
+			return err
+		}
+		type point struct {
+			ts time.Time
+			v  float64
+		}
+		pts, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (point, error) {
+			var x point
+			return x, row.Scan(&x.ts, &x.v)
+		})
+		if err != nil {
+			return err
+		}
+		next := end
+		if len(pts) == scanPage {
+			// A full page: stop before the last timestamp (it may continue on
+			// the next page) unless the whole page shares it.
+			last := pts[len(pts)-1].ts
+			cut := len(pts)
+			for cut > 0 && pts[cut-1].ts.Equal(last) {
+				cut--
+			}
+			if cut > 0 {
+				pts, next = pts[:cut], last
+			} else {
+				next = last.Add(time.Microsecond)
+			}
+		}
+		for _, x := range pts {
+			side := ""
+			switch {
+			case x.v > p.Upper:
+				side = Upper
+			case x.v < p.Lower:
+				side = Lower
+			}
+			if open != nil && side != open.side {
+				t := x.ts
+				open.ended = &t
+				done = append(done, open)
+				open = nil
+			}
+			if side == "" {
+				continue
+			}
+			if open == nil {
+				open = &excursion{id: uuid.New(), side: side, started: x.ts, worst: x.v, worstAt: x.ts}
+			} else if (side == Upper && x.v > open.worst) || (side == Lower && x.v < open.worst) {
+				open.worst, open.worstAt = x.v, x.ts
+			}
+			open.points++
+			open.last = x.ts
+		}
+		from = next
+	}
+	if open != nil {
+		done = append(done, open)
+	}
+	for _, e := range done {
+		var err error
+		if e.stored {
+			_, err = tx.Exec(ctx, `UPDATE recipe_deviations SET ended_at = $2, last_at = $3, worst_value = $4, worst_at = $5, points = $6
+				WHERE id = $1`, e.id, e.ended, e.last, e.worst, e.worstAt, e.points)
+		} else {
+			_, err = tx.Exec(ctx, `INSERT INTO recipe_deviations (tenant_id, id, run_id, lot_id, device_id, version_id, metric, unit,
+				limit_crossed, lower_limit, upper_limit, setpoint, started_at, ended_at, last_at, worst_value, worst_at, points)
+				VALUES (nx_require_tenant(), $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)`,
+				e.id, r.id, r.lot, r.device, r.version, p.Metric, p.Unit, e.side, p.Lower, p.Upper, p.Setpoint,
+				e.started, e.ended, e.last, e.worst, e.worstAt, e.points)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
