@@ -1,0 +1,427 @@
+package batch
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+
+	"github.com/nxcloud/nxcloud/apps"
+	"github.com/nxcloud/nxcloud/tenants"
+)
+
+// Trace directions.
+const (
+	Backward = "backward" // towards the raw materials (parents)
+	Forward  = "forward"  // towards shipments and customers (children)
+)
+
+// TraceQuery selects a trace.
+type TraceQuery struct {
+	Lot       string
+	Direction string
+	// MaxDepth bounds the walk (0: any depth).
+	MaxDepth int
+	// Telemetry adds each run's telemetry summary; Details adds the other
+	// apps' records (inspections, deviations, downgrades).
+	Telemetry bool
+	Details   bool
+}
+
+// MetricSummary is a metric's min/avg/max over a run's window.
+type MetricSummary struct {
+	Metric string  `json:"metric"`
+	Unit   string  `json:"unit"`
+	Min    float64 `json:"min"`
+	Avg    float64 `json:"avg"`
+	Max    float64 `json:"max"`
+	Count  int64   `json:"count"`
+}
+
+// TraceRun is a node's run on a piece of equipment, with its telemetry.
+type TraceRun struct {
+	Run
+	// Width is the rollup the summary was computed from (1m or 1h); the
+	// window is widened to whole buckets.
+	Width     string          `json:"width,omitempty"`
+	Telemetry []MetricSummary `json:"telemetry"`
+}
+
+// ShipmentRef is a shipment a node went into.
+type ShipmentRef struct {
+	Code      string    `json:"code"`
+	Customer  string    `json:"customer"`
+	Name      string    `json:"customer_name"`
+	ShippedAt time.Time `json:"shipped_at"`
+	Quantity  float64   `json:"quantity"`
+}
+
+// TraceNode is a lot reached by a trace, at its minimum depth (the root is at
+// depth 0), once however many paths reach it.
+type TraceNode struct {
+	Lot
+	Depth     int            `json:"depth"`
+	Runs      []TraceRun     `json:"runs"`
+	Shipments []ShipmentRef  `json:"shipments"`
+	Details   map[string]any `json:"details"`
+}
+
+// TraceEdge is a genealogy link within a trace.
+type TraceEdge struct {
+	Parent   string  `json:"parent"`
+	Child    string  `json:"child"`
+	Kind     string  `json:"kind"`
+	Quantity float64 `json:"quantity"`
+}
+
+// Trace is a lot's genealogy in one direction: a graph (nodes and edges) whose
+// nodes, ordered by depth then code, are also the flat list.
+type Trace struct {
+	Root      string      `json:"root"`
+	Direction string      `json:"direction"`
+	Depth     int         `json:"depth"`
+	Truncated bool        `json:"truncated"`
+	Nodes     []TraceNode `json:"nodes"`
+	Edges     []TraceEdge `json:"edges"`
+	Shipments []Shipment  `json:"shipments"`
+	Generated time.Time   `json:"generated_at"`
+}
+
+// maxTelemetryRuns bounds the telemetry summaries of one trace (each is a
+// query over the rollups).
+const maxTelemetryRuns = 500
+
+// Trace walks a lot's genealogy backward (to its raw materials) or forward (to
+// every shipment and customer), to any depth. Errors: invalid (direction,
+// depth), not_found (lot).
+func (s *Service) Trace(ctx context.Context, q TraceQuery) (Trace, error) {
+	if q.Direction == "" {
+		q.Direction = Backward
+	}
+	if q.Direction != Backward && q.Direction != Forward {
+		return Trace{}, apps.FieldError("direction", "direction must be backward or forward")
+	}
+	if q.MaxDepth < 0 {
+		return Trace{}, apps.FieldError("depth", "depth must be positive")
+	}
+	var out Trace
+	err := s.inTx(ctx, func(tx pgx.Tx) error {
+		root, err := resolveLot(ctx, tx, q.Lot, "")
+		if err != nil {
+			return err
+		}
+		out, err = s.trace(ctx, tx, root, q)
+		return err
+	})
+	return out, err
+}
+
+type edge struct {
+	parent, child uuid.UUID
+	kind          string
+	quantity      float64
+}
+
+// walk returns every link reachable from root in the direction. The
+// recursive CTE unions on the lot id, so each lot is expanded once: it ends
+// on any graph, cycles included, and its work is linear in the links reached.
+func walk(ctx context.Context, q tenants.Querier, root uuid.UUID, direction string) ([]edge, error) {
+	sql := `WITH RECURSIVE reach(id) AS (
+			SELECT $1::uuid
+			UNION
+			SELECT l.parent_id FROM reach r JOIN lot_links l ON l.tenant_id = $2 AND l.child_id = r.id
+		)
+		SELECT l.parent_id, l.child_id, l.kind, l.quantity::float8
+		FROM reach r JOIN lot_links l ON l.tenant_id = $2 AND l.child_id = r.id`
+	if direction == Forward {
+		sql = `WITH RECURSIVE reach(id) AS (
+			SELECT $1::uuid
+			UNION
+			SELECT l.child_id FROM reach r JOIN lot_links l ON l.tenant_id = $2 AND l.parent_id = r.id
+		)
+		SELECT l.parent_id, l.child_id, l.kind, l.quantity::float8
+		FROM reach r JOIN lot_links l ON l.tenant_id = $2 AND l.parent_id = r.id`
+	}
+	var tenant uuid.UUID
+	if err := q.QueryRow(ctx, `SELECT nx_require_tenant()`).Scan(&tenant); err != nil {
+		return nil, err
+	}
+	rows, err := q.Query(ctx, sql, root, tenant)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (edge, error) {
+		var e edge
+		err := r.Scan(&e.parent, &e.child, &e.kind, &e.quantity)
+		return e, err
+	})
+}
+
+// depths assigns each lot reached its minimum depth from root (breadth first
+// over the edges), up to maxDepth (0: any), and keeps the edges between lots
+// within it.
+func depths(root uuid.UUID, edges []edge, direction string, maxDepth int) (map[uuid.UUID]int, []edge, bool) {
+	next := map[uuid.UUID][]uuid.UUID{}
+	for _, e := range edges {
+		from, to := e.child, e.parent
+		if direction == Forward {
+			from, to = e.parent, e.child
+		}
+		next[from] = append(next[from], to)
+	}
+	depth := map[uuid.UUID]int{root: 0}
+	level := []uuid.UUID{root}
+	truncated := false
+	for d := 1; len(level) > 0; d++ {
+		var nl []uuid.UUID
+		for _, id := range level {
+			for _, n := range next[id] {
+				if _, seen := depth[n]; seen {
+					continue
+				}
+				if maxDepth > 0 && d > maxDepth {
+					truncated = true
+					continue
+				}
+				depth[n] = d
+				nl = append(nl, n)
+			}
+		}
+		level = nl
+	}
+	kept := edges[:0:0]
+	for _, e := range edges {
+		_, p := depth[e.parent]
+		_, c := depth[e.child]
+		if p && c {
+			kept = append(kept, e)
+		}
+	}
+	return depth, kept, truncated
+}
+
+func (s *Service) trace(ctx context.Context, tx pgx.Tx, root lotRef, q TraceQuery) (Trace, error) {
+	edges, err := walk(ctx, tx, root.ID, q.Direction)
+	if err != nil {
+		return Trace{}, err
+	}
+	depth, edges, truncated := depths(root.ID, edges, q.Direction, q.MaxDepth)
+	ids := make([]uuid.UUID, 0, len(depth))
+	for id := range depth {
+		ids = append(ids, id)
+	}
+	rows, err := tx.Query(ctx, `SELECT `+lotColumns+lotFrom+`WHERE l.id = ANY($1)`, ids)
+	if err != nil {
+		return Trace{}, err
+	}
+	lots, err := pgx.CollectRows(rows, scanLot)
+	if err != nil {
+		return Trace{}, err
+	}
+	out := Trace{Root: root.Code, Direction: q.Direction, Truncated: truncated, Nodes: make([]TraceNode, len(lots)),
+		Edges: make([]TraceEdge, 0, len(edges)), Shipments: []Shipment{}, Generated: s.now().UTC()}
+	code := make(map[uuid.UUID]string, len(lots))
+	for i, l := range lots {
+		out.Nodes[i] = TraceNode{Lot: l, Depth: depth[l.ID], Runs: []TraceRun{}, Shipments: []ShipmentRef{}, Details: map[string]any{}}
+		code[l.ID] = l.Code
+		out.Depth = max(out.Depth, depth[l.ID])
+	}
+	sort.Slice(out.Nodes, func(i, j int) bool {
+		a, b := out.Nodes[i], out.Nodes[j]
+		if a.Depth != b.Depth {
+			return a.Depth < b.Depth
+		}
+		return a.Code < b.Code
+	})
+	index := make(map[uuid.UUID]int, len(out.Nodes))
+	for i, n := range out.Nodes {
+		index[n.ID] = i
+	}
+	for _, e := range edges {
+		out.Edges = append(out.Edges, TraceEdge{Parent: code[e.parent], Child: code[e.child], Kind: e.kind, Quantity: e.quantity})
+	}
+	sort.Slice(out.Edges, func(i, j int) bool {
+		a, b := out.Edges[i], out.Edges[j]
+		if a.Parent != b.Parent {
+			return a.Parent < b.Parent
+		}
+		return a.Child < b.Child
+	})
+	if err := s.addRuns(ctx, tx, &out, ids, index, q.Telemetry); err != nil {
+		return Trace{}, err
+	}
+	if err := addShipments(ctx, tx, &out, ids, index); err != nil {
+		return Trace{}, err
+	}
+	if q.Details {
+		for key, src := range s.detailSources() {
+			m, err := src.LotDetails(ctx, tx, ids)
+			if err != nil {
+				return Trace{}, fmt.Errorf("trace details %s: %w", key, err)
+			}
+			for id, v := range m {
+				if i, ok := index[id]; ok {
+					out.Nodes[i].Details[key] = v
+				}
+			}
+		}
+	}
+	return out, nil
+}
+
+func (s *Service) addRuns(ctx context.Context, tx pgx.Tx, out *Trace, ids []uuid.UUID, index map[uuid.UUID]int, telemetry bool) error {
+	rows, err := tx.Query(ctx, `SELECT r.lot_id, `+runColumns+runFrom+`WHERE r.tenant_id = nx_require_tenant() AND r.lot_id = ANY($1)
+		ORDER BY r.started_at, r.id`, ids)
+	if err != nil {
+		return err
+	}
+	type lotRun struct {
+		lot uuid.UUID
+		run Run
+	}
+	runs, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (lotRun, error) {
+		var x lotRun
+		err := r.Scan(&x.lot, &x.run.ID, &x.run.Device, &x.run.DeviceID, &x.run.Model, &x.run.StartedAt, &x.run.EndedAt, &x.run.Source)
+		x.run.StartedAt, x.run.EndedAt = x.run.StartedAt.UTC(), utcPtr(x.run.EndedAt)
+		return x, err
+	})
+	if err != nil {
+		return err
+	}
+	metrics := map[uuid.UUID][]metricRef{}
+	for n, x := range runs {
+		tr := TraceRun{Run: x.run, Telemetry: []MetricSummary{}}
+		if telemetry && n < maxTelemetryRuns {
+			ms, ok := metrics[x.run.DeviceID]
+			if !ok {
+				if ms, err = keyMetrics(ctx, tx, x.run.DeviceID); err != nil {
+					return err
+				}
+				metrics[x.run.DeviceID] = ms
+			}
+			end := s.now()
+			if x.run.EndedAt != nil {
+				end = *x.run.EndedAt
+			}
+			if tr.Width, tr.Telemetry, err = summarize(ctx, tx, x.run.DeviceID, ms, x.run.StartedAt, end); err != nil {
+				return err
+			}
+		}
+		i := index[x.lot]
+		out.Nodes[i].Runs = append(out.Nodes[i].Runs, tr)
+	}
+	return nil
+}
+
+func addShipments(ctx context.Context, tx pgx.Tx, out *Trace, ids []uuid.UUID, index map[uuid.UUID]int) error {
+	rows, err := tx.Query(ctx, `SELECT sl.lot_id, s.code, c.code, c.name, s.shipped_at, sl.quantity::float8
+		FROM shipment_lots sl JOIN shipments s ON s.id = sl.shipment_id JOIN customers c ON c.id = s.customer_id
+		WHERE sl.tenant_id = nx_require_tenant() AND sl.lot_id = ANY($1) ORDER BY s.shipped_at, s.code`, ids)
+	if err != nil {
+		return err
+	}
+	var shipIDs []string
+	seen := map[string]bool{}
+	defer rows.Close()
+	for rows.Next() {
+		var lot uuid.UUID
+		var r ShipmentRef
+		if err := rows.Scan(&lot, &r.Code, &r.Customer, &r.Name, &r.ShippedAt, &r.Quantity); err != nil {
+			return err
+		}
+		r.ShippedAt = r.ShippedAt.UTC()
+		i := index[lot]
+		out.Nodes[i].Shipments = append(out.Nodes[i].Shipments, r)
+		if !seen[r.Code] {
+			seen[r.Code] = true
+			shipIDs = append(shipIDs, r.Code)
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	rows.Close()
+	if len(shipIDs) > 0 {
+		list, err := shipmentsWhere(ctx, tx, `s.code = ANY($1)`, shipIDs)
+		if err != nil {
+			return err
+		}
+		out.Shipments = list
+	}
+	return nil
+}
+
+type metricRef struct {
+	id   int32
+	key  string
+	unit string
+}
+
+// keyMetrics are the measurements of a device's model: every metric but the
+// state code.
+func keyMetrics(ctx context.Context, q tenants.Querier, device uuid.UUID) ([]metricRef, error) {
+	rows, err := q.Query(ctx, `SELECT m.id, m.key, m.unit FROM devices d JOIN metrics m ON m.device_model_id = d.device_model_id
+		WHERE d.id = $1 AND m.key <> 'state_code' ORDER BY m.key`, device)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (metricRef, error) {
+		var m metricRef
+		err := r.Scan(&m.id, &m.key, &m.unit)
+		return m, err
+	})
+}
+
+// summaryWidth picks the rollup for a window: 1-minute buckets up to two
+// days, hourly beyond, so a summary reads at most a few thousand rows per
+// metric whatever the window.
+func summaryWidth(from, to time.Time) (string, time.Duration) {
+	if to.Sub(from) <= 48*time.Hour {
+		return "1m", time.Minute
+	}
+	return "1h", time.Hour
+}
+
+// summarize computes min/avg/max per metric of a device over [from, to]
+// through the telemetry read layer (telemetry_buckets: tenant-filtered, the
+// same on TimescaleDB and plain PostgreSQL), the window widened to whole
+// buckets.
+func summarize(ctx context.Context, q tenants.Querier, device uuid.UUID, ms []metricRef, from, to time.Time) (string, []MetricSummary, error) {
+	out := []MetricSummary{}
+	if len(ms) == 0 {
+		return "", out, nil
+	}
+	width, w := summaryWidth(from, to)
+	ids := make([]int32, len(ms))
+	for i, m := range ms {
+		ids[i] = m.id
+	}
+	rows, err := q.Query(ctx, `SELECT metric_id, min(min), max(max), sum(avg * count) / sum(count), sum(count)::bigint
+		FROM telemetry_buckets($1, $2, $3, $4, $5) GROUP BY metric_id`, width, device, ids, from.Truncate(w), to.Add(time.Nanosecond))
+	if err != nil {
+		return "", nil, err
+	}
+	defer rows.Close()
+	byID := map[int32]MetricSummary{}
+	for rows.Next() {
+		var id int32
+		var m MetricSummary
+		if err := rows.Scan(&id, &m.Min, &m.Max, &m.Avg, &m.Count); err != nil {
+			return "", nil, err
+		}
+		byID[id] = m
+	}
+	if err := rows.Err(); err != nil {
+		return "", nil, err
+	}
+	for _, m := range ms {
+		if x, ok := byID[m.id]; ok && x.Count > 0 {
+			x.Metric, x.Unit = m.key, m.unit
+			out = append(out, x)
+		}
+	}
+	return width, out, nil
+}
