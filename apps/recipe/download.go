@@ -276,7 +276,12 @@ func (s *Service) dispatch(ctx context.Context, ids []uuid.UUID, restore bool) e
 				s.clearRetained(ctx, []openDownload{{slug: d.slug, device: d.device}})
 				continue
 			}
-			if err := s.downlink.Publish(topic, d.payload, true, 1); err != nil {
+			// jsonb reorders keys: publish the command as the struct encodes it.
+			var cmd Command
+			if err := json.Unmarshal(d.payload, &cmd); err != nil {
+				return err
+			}
+			if err := s.downlink.Publish(topic, mustJSON(cmd), true, 1); err != nil {
 				s.log.Warn("recipe: publish download", "download", d.id, "topic", topic, "err", err)
 				if _, err := tx.Exec(ctx, `UPDATE recipe_downloads SET next_attempt_at = now() + make_interval(secs => $2)
 					WHERE id = $1`, d.id, s.RetryBase.Seconds()); err != nil {
