@@ -56,7 +56,7 @@ type device struct {
 func connectDevice(t *testing.T, p *platform, tn tenanttest.Tenant, key, secret string) *device {
 	t.Helper()
 	user := tenants.MQTTUsername(key, tn.Slug)
-	opts := paho.NewClientOptions().AddBroker("tcp://127.0.0.1:"+p.port).SetClientID(user).SetUsername(user).
+	opts := paho.NewClientOptions().AddBroker("tcp://127.0.0.1:" + p.port).SetClientID(user).SetUsername(user).
 		SetPassword(secret).SetAutoReconnect(false).SetConnectTimeout(5 * time.Second)
 	c := paho.NewClient(opts)
 	if tok := c.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
