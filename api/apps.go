@@ -3,6 +3,7 @@ package api
 import (
 	"context"
 	"log/slog"
+	"time"
 
 	"github.com/labstack/echo/v4"
 	"github.com/redis/go-redis/v9"
@@ -47,6 +48,14 @@ func NewApps(d AppDeps) *Apps {
 		Downgrade: downgrade.NewService(d.DB, log.With("app", "downgrade")),
 		Quality:   quality.NewService(d.DB, log.With("app", "quality")),
 		Recipe:    recipe.NewService(d.DB, d.Downlink, log.With("app", "recipe")),
+	}
+	if d.DB != nil && d.DB.System != nil {
+		// Recipe: device replies to downloads, download retries/timeouts,
+		// deviation detection.
+		replies := a.Recipe.ReplyFeed()
+		a.Jobs = append(a.Jobs, func(ctx context.Context) { replies.Run(ctx, time.Second) },
+			func(ctx context.Context) { a.Recipe.RunDownloads(ctx, 5*time.Second) },
+			func(ctx context.Context) { a.Recipe.RunDeviations(ctx, 10*time.Second) })
 	}
 	return a
 }

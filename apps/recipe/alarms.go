@@ -82,7 +82,7 @@ func scanDeviation(row pgx.CollectableRow) (Deviation, error) {
 // DeviationQuery filters deviations; empty fields match all.
 type DeviationQuery struct {
 	Lot          string // code or id
-	Device       string // key
+	Device       string // key or id
 	State        string // open or closed
 	Acknowledged string // true or false
 	Limit        int
@@ -103,17 +103,21 @@ func (s *Service) Deviations(ctx context.Context, q DeviationQuery) ([]Deviation
 	if q.Limit > 1000 {
 		return nil, apps.FieldError("limit", "limit is at most 1000")
 	}
-	var lotID *uuid.UUID
-	if id, err := uuid.Parse(q.Lot); err == nil {
-		lotID = &id
-	}
 	out := []Deviation{}
 	err := tenants.InTx(ctx, s.db.App, func(tx pgx.Tx) error {
+		lot, err := resolveRef(ctx, tx, "lots", "lot", q.Lot)
+		if err != nil {
+			return err
+		}
+		device, err := resolveRef(ctx, tx, "devices", "device", q.Device)
+		if err != nil {
+			return err
+		}
 		rows, err := tx.Query(ctx, `SELECT `+deviationColumns+deviationFrom+`
-			WHERE ($1 = '' OR lo.code = $1 OR x.lot_id = $2) AND ($3 = '' OR dev.key = $3)
-			  AND ($4 = '' OR ($4 = 'open') = (x.ended_at IS NULL))
-			  AND ($5 = '' OR ($5 = 'true') = (x.acknowledged_at IS NOT NULL))
-			ORDER BY x.started_at DESC, x.id LIMIT $6`, q.Lot, lotID, q.Device, q.State, q.Acknowledged, q.Limit)
+			WHERE ($1::uuid IS NULL OR x.lot_id = $1) AND ($2::uuid IS NULL OR x.device_id = $2)
+			  AND ($3 = '' OR ($3 = 'open') = (x.ended_at IS NULL))
+			  AND ($4 = '' OR ($4 = 'true') = (x.acknowledged_at IS NOT NULL))
+			ORDER BY x.started_at DESC, x.id LIMIT $5`, lot, device, q.State, q.Acknowledged, q.Limit)
 		if err != nil {
 			return err
 		}

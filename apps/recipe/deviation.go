@@ -36,9 +36,11 @@ type run struct {
 // ScanDeviations scans the telemetry of every lot run with a recipe version
 // that is not fully scanned, from its watermark up to now minus Settle, and
 // records deviations. It returns how many runs it scanned. The job runs it
-// periodically; tests call it to step the job.
+// periodically for every tenant; with a tenant in ctx it scans only that
+// tenant's runs (tests step the job that way).
 func (s *Service) ScanDeviations(ctx context.Context) (int, error) {
 	horizon := s.now().Add(-s.Settle)
+	only, _ := tenants.FromContext(ctx)
 	// Finding the work crosses tenants (system pool); each run is then
 	// scanned in its tenant's transaction through the tenant-filtered
 	// telemetry functions.
@@ -46,8 +48,9 @@ func (s *Service) ScanDeviations(ctx context.Context) (int, error) {
 		FROM lot_runs r JOIN lots l ON l.id = r.lot_id
 		LEFT JOIN recipe_run_scans sc ON sc.run_id = r.id
 		WHERE l.recipe_version_id IS NOT NULL AND NOT coalesce(sc.done, false) AND r.started_at < $1
+		  AND ($2 = '00000000-0000-0000-0000-000000000000'::uuid OR r.tenant_id = $2)
 		  AND (coalesce(sc.scanned_to, r.started_at) < LEAST(r.ended_at, $1) OR (r.ended_at IS NOT NULL AND r.ended_at <= $1))
-		ORDER BY r.id LIMIT 1000`, horizon)
+		ORDER BY r.id LIMIT 1000`, horizon, only)
 	if err != nil {
 		return 0, err
 	}

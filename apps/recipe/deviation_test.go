@@ -97,7 +97,7 @@ func TestDeviationsExactly(t *testing.T) {
 
 	// First scan: up to t0+25s, in the middle of excursion A.
 	svc.Settle = time.Since(t0.Add(25 * time.Second))
-	if _, err := svc.ScanDeviations(ctx); err != nil {
+	if _, err := svc.ScanDeviations(tctx); err != nil {
 		t.Fatal(err)
 	}
 	first, err := svc.Deviations(tctx, recipe.DeviationQuery{Lot: "L-DEV-1"})
@@ -110,11 +110,11 @@ func TestDeviationsExactly(t *testing.T) {
 	// A late point inside A, then the rest of the run.
 	seedPoints(t, env, tn, furnace.ID, "zone1_temp", t0, map[int]float64{35: 1100})
 	svc.Settle = 0
-	if _, err := svc.ScanDeviations(ctx); err != nil {
+	if _, err := svc.ScanDeviations(tctx); err != nil {
 		t.Fatal(err)
 	}
 	// A rescan changes nothing.
-	if _, err := svc.ScanDeviations(ctx); err != nil {
+	if _, err := svc.ScanDeviations(tctx); err != nil {
 		t.Fatal(err)
 	}
 	got, err := svc.Deviations(tctx, recipe.DeviationQuery{Lot: lot.String()})
@@ -161,7 +161,7 @@ func TestDeviationsExactly(t *testing.T) {
 	}
 	for q, n := range map[recipe.DeviationQuery]int{
 		{Acknowledged: "true"}: 1, {Acknowledged: "false"}: 2, {State: "open"}: 0, {State: "closed"}: 3,
-		{Device: "sinter-02"}: 0, {Device: "sinter-01", Lot: "L-DEV-1"}: 3,
+		{Device: "sinter-02"}: 0, {Device: "sinter-01", Lot: "L-DEV-1"}: 3, {Device: furnace.ID.String()}: 3,
 	} {
 		ds, err := svc.Deviations(tctx, q)
 		if err != nil || len(ds) != n {
@@ -204,7 +204,7 @@ func TestOpenRunDeviation(t *testing.T) {
 	t0 := time.Now().UTC().Add(-time.Hour).Truncate(time.Second)
 	lot := seedRun(t, env, tn, "L-OPEN", v.ID, furnace.ID, t0, nil)
 	seedPoints(t, env, tn, furnace.ID, "zone1_temp", t0, map[int]float64{0: 1060, 10: 1075, 20: 1077})
-	if _, err := svc.ScanDeviations(ctx); err != nil {
+	if _, err := svc.ScanDeviations(tctx); err != nil {
 		t.Fatal(err)
 	}
 	ds, _ := svc.Deviations(tctx, recipe.DeviationQuery{State: "open"})
@@ -215,7 +215,7 @@ func TestOpenRunDeviation(t *testing.T) {
 	if _, err := env.DB.System.Exec(ctx, `UPDATE lot_runs SET ended_at = $2 WHERE lot_id = $1`, lot, end); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := svc.ScanDeviations(ctx); err != nil {
+	if _, err := svc.ScanDeviations(tctx); err != nil {
 		t.Fatal(err)
 	}
 	ds, _ = svc.Deviations(tctx, recipe.DeviationQuery{Lot: "L-OPEN"})

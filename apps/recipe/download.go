@@ -328,7 +328,9 @@ func (s *Service) RunDownloads(ctx context.Context, every time.Duration) {
 }
 
 // DispatchDue publishes (or times out) every download whose next attempt is
-// due and returns how many it looked at. Tests call it to step the job.
+// due and returns how many it looked at. The job runs it for every tenant;
+// with a tenant in ctx it handles only that tenant's downloads (tests step
+// the job that way).
 func (s *Service) DispatchDue(ctx context.Context) (int, error) {
 	ids, err := s.openDownloads(ctx, true)
 	if err != nil || len(ids) == 0 {
@@ -338,8 +340,11 @@ func (s *Service) DispatchDue(ctx context.Context) (int, error) {
 }
 
 func (s *Service) openDownloads(ctx context.Context, dueOnly bool) ([]uuid.UUID, error) {
+	only, _ := tenants.FromContext(ctx)
 	rows, err := s.db.System.Query(ctx, `SELECT id FROM recipe_downloads
-		WHERE status IN ('pending', 'sent') AND (NOT $1 OR next_attempt_at <= now()) ORDER BY next_attempt_at LIMIT 1000`, dueOnly)
+		WHERE status IN ('pending', 'sent') AND (NOT $1 OR next_attempt_at <= now())
+		  AND ($2 = '00000000-0000-0000-0000-000000000000'::uuid OR tenant_id = $2)
+		ORDER BY next_attempt_at LIMIT 1000`, dueOnly, only)
 	if err != nil {
 		return nil, err
 	}

@@ -196,7 +196,7 @@ func TestDownloadToDevices(t *testing.T) {
 	press := byDevice["press-01"].ID.String()
 	for i := 0; i < 20; i++ {
 		time.Sleep(5 * time.Millisecond)
-		if _, err := svc.DispatchDue(ctx); err != nil {
+		if _, err := svc.DispatchDue(tctx); err != nil {
 			t.Fatal(err)
 		}
 		if d, _ := svc.Download(tctx, press); d.Status == recipe.TimedOut {

@@ -38,7 +38,7 @@ func (s *Service) DownloadToLine(ctx context.Context, recipeRef, versionRef stri
 
 // DownloadQuery filters downloads; empty fields match all.
 type DownloadQuery struct {
-	Device  string
+	Device  string // key or id
 	Line    string
 	Status  string
 	Version string // a version id
@@ -57,7 +57,7 @@ func (s *Service) Downloads(ctx context.Context, q DownloadQuery) ([]Download, e
 	if q.Version != "" {
 		id, err := uuid.Parse(q.Version)
 		if err != nil {
-			return nil, apps.FieldError("version", "version is a version id")
+			return nil, apps.FieldError("version_id", "version_id is a version id (UUID)")
 		}
 		version = &id
 	}
@@ -69,10 +69,19 @@ func (s *Service) Downloads(ctx context.Context, q DownloadQuery) ([]Download, e
 	}
 	var out []Download
 	err := tenants.InTx(ctx, s.db.App, func(tx pgx.Tx) error {
+		device, err := resolveRef(ctx, tx, "devices", "device", q.Device)
+		if err != nil {
+			return err
+		}
+		if version != nil {
+			if _, err := resolveRef(ctx, tx, "recipe_versions", "recipe version", version.String()); err != nil {
+				return err
+			}
+		}
 		rows, err := tx.Query(ctx, `SELECT `+downloadColumns+downloadFrom+`
-			WHERE ($1 = '' OR dev.key = $1) AND ($2 = '' OR l.key = $2) AND ($3 = '' OR d.status = $3)
+			WHERE ($1::uuid IS NULL OR d.device_id = $1) AND ($2 = '' OR l.key = $2) AND ($3 = '' OR d.status = $3)
 			  AND ($4::uuid IS NULL OR d.version_id = $4)
-			ORDER BY d.created_at DESC, d.id LIMIT $5`, q.Device, q.Line, q.Status, version, q.Limit)
+			ORDER BY d.created_at DESC, d.id LIMIT $5`, device, q.Line, q.Status, version, q.Limit)
 		if err != nil {
 			return err
 		}
@@ -166,4 +175,27 @@ func (s *Service) Equipment(ctx context.Context) ([]Equipment, error) {
 		return nil
 	})
 	return out, err
+}
+
+// resolveRef finds a row of table (devices, lots: by id or key/code;
+// recipe_versions: by id) of the tenant for a query filter; nil for an empty
+// ref. Errors: not_found (also for another tenant's).
+func resolveRef(ctx context.Context, tx pgx.Tx, table, what, ref string) (*uuid.UUID, error) {
+	if ref == "" {
+		return nil, nil
+	}
+	queries := map[string]string{
+		"devices":         `SELECT id FROM devices WHERE key = $1 OR id = $2`,
+		"lots":            `SELECT id FROM lots WHERE code = $1 OR id = $2`,
+		"recipe_versions": `SELECT id FROM recipe_versions WHERE $1 = '' AND id = $2`,
+	}
+	var byID *uuid.UUID
+	if id, err := uuid.Parse(ref); err == nil {
+		byID = &id
+	}
+	var id uuid.UUID
+	if err := tx.QueryRow(ctx, queries[table]+` LIMIT 1`, ref, byID).Scan(&id); err != nil {
+		return nil, tenants.StoreError(err, what)
+	}
+	return &id, nil
 }

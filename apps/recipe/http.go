@@ -173,7 +173,7 @@ func (h *Handler) downloads(c echo.Context) error {
 		return err
 	}
 	out, err := h.svc.Downloads(c.Request().Context(), DownloadQuery{Device: c.QueryParam("device"), Line: c.QueryParam("line"),
-		Status: c.QueryParam("status"), Version: c.QueryParam("version"), Limit: limit})
+		Status: c.QueryParam("status"), Version: c.QueryParam("version_id"), Limit: limit})
 	return items(c, out, err)
 }
 
