@@ -12,6 +12,7 @@ import (
 	"github.com/nxcloud/nxcloud/apps/downgrade"
 	"github.com/nxcloud/nxcloud/apps/quality"
 	"github.com/nxcloud/nxcloud/apps/recipe"
+	"github.com/nxcloud/nxcloud/metering"
 	"github.com/nxcloud/nxcloud/tenants"
 )
 
@@ -23,6 +24,10 @@ type AppDeps struct {
 	// Downlink sends commands to devices (recipe downloads).
 	Downlink recipe.Downlink
 	Logger   *slog.Logger
+	// Meter is usage metering, built by the caller when something else
+	// needs it first (serve.go: ingest's writers count telemetry with it);
+	// nil: NewApps builds one with defaults.
+	Meter *metering.Service
 }
 
 // Apps are the N apps, built once and shared by the HTTP server and the
@@ -32,6 +37,9 @@ type Apps struct {
 	Downgrade *downgrade.Service
 	Quality   *quality.Service
 	Recipe    *recipe.Service
+	// Meter is usage metering and billing: the apps record their billable
+	// uses with Meter.RecordAppUse (or RecordUseTx in their own transaction).
+	Meter *metering.Service
 	// Jobs run in the background while the process serves (event feeds,
 	// download retries, deviation detection); each returns when ctx ends.
 	Jobs []func(ctx context.Context)
@@ -57,6 +65,11 @@ func NewApps(d AppDeps) *Apps {
 			func(ctx context.Context) { a.Recipe.RunDownloads(ctx, 5*time.Second) },
 			func(ctx context.Context) { a.Recipe.RunDeviations(ctx, 10*time.Second) })
 	}
+	a.Meter = d.Meter
+	if a.Meter == nil {
+		a.Meter = metering.New(metering.Config{Logger: log.With("app", "metering")}, d.DB.System, d.DB.App, d.Redis)
+	}
+	a.Jobs = append(a.Jobs, a.Meter.Run)
 	return a
 }
 

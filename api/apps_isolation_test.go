@@ -20,5 +20,5 @@ type isolationSeed struct {
 // (s.do with credA, tenant A's API key). One function per app, each in the
 // app's own test file (api/<app>_isolation_test.go).
 var appIsolationSeeds = []func(t *testing.T, s *testServer, a tenanttest.Tenant, credA string) isolationSeed{
-	seedBatchIsolation, seedDowngradeIsolation, seedQualityIsolation, seedRecipeIsolation,
+	seedBatchIsolation, seedDowngradeIsolation, seedQualityIsolation, seedRecipeIsolation, seedMeteringIsolation,
 }

@@ -118,10 +118,11 @@ func New(cfg Config, deps Deps) (*Server, error) {
 	th.RegisterPublic(v1.Group("/auth"), s.routes)
 	op := v1.Group("/operator", operatorAuth(cfg.OperatorToken, deps.Tenants), s.audit)
 	th.RegisterOperator(op, s.routes)
-	tg := v1.Group("", tenantAuth(deps.Tenants, s.routes), s.audit)
+	tg := v1.Group("", tenantAuth(deps.Tenants, s.routes), s.audit, meterAPI(deps.Apps, s.routes))
 	th.RegisterTenant(tg, s.routes)
 	telemetry.NewHandler(deps.Telemetry).Register(tg, s.routes)
 	deps.Apps.register(tg, v1.Group("/public"), s.routes)
+	deps.Apps.registerMetering(tg, op, s.routes, deps.Tenants)
 	for _, r := range deps.ExtraTenant {
 		r(tg, s.routes)
 	}
