@@ -1,7 +1,10 @@
 package quality
 
 import (
+	"math"
 	"net/http"
+	"strconv"
+	"time"
 
 	"github.com/labstack/echo/v4"
 
@@ -30,6 +33,7 @@ func (h *Handler) Register(g *echo.Group, r *tenants.Routes) {
 	r.Add(g, http.MethodGet, "/quality/nonconformances", tenants.PermQualityRead, h.ncs)
 	r.Add(g, http.MethodGet, "/quality/nonconformances/:nonconformance", tenants.PermQualityRead, h.nc)
 	r.Add(g, http.MethodPatch, "/quality/nonconformances/:nonconformance", tenants.PermQualityWrite, h.updateNC)
+	r.Add(g, http.MethodGet, "/quality/spc", tenants.PermQualityRead, h.spc)
 }
 
 func (h *Handler) plans(c echo.Context) error {
@@ -144,4 +148,46 @@ func (h *Handler) updateNC(c echo.Context) error {
 		return err
 	}
 	return c.JSON(http.StatusOK, out)
+}
+
+func (h *Handler) spc(c echo.Context) error {
+	q := SPCQuery{Characteristic: c.QueryParam("characteristic"), Chart: c.QueryParam("chart"),
+		Product: c.QueryParam("product"), Grade: c.QueryParam("grade"), Line: c.QueryParam("line"), Rules: c.QueryParam("rules")}
+	var err error
+	if q.N, err = apps.IntParam(c, "n"); err != nil {
+		return err
+	}
+	if q.Points, err = apps.IntParam(c, "points"); err != nil {
+		return err
+	}
+	if q.From, err = apps.TimeParam(c, "from", time.Time{}); err != nil {
+		return err
+	}
+	if q.To, err = apps.TimeParam(c, "to", time.Time{}); err != nil {
+		return err
+	}
+	if q.LSL, err = floatParam(c, "lsl"); err != nil {
+		return err
+	}
+	if q.USL, err = floatParam(c, "usl"); err != nil {
+		return err
+	}
+	out, err := h.svc.SPC(c.Request().Context(), q)
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, out)
+}
+
+// floatParam reads a finite number query parameter; nil when absent.
+func floatParam(c echo.Context, name string) (*float64, error) {
+	v := c.QueryParam(name)
+	if v == "" {
+		return nil, nil
+	}
+	f, err := strconv.ParseFloat(v, 64)
+	if err != nil || math.IsNaN(f) || math.IsInf(f, 0) {
+		return nil, apps.FieldError(name, "want a finite number, not %q", clip(v, 40))
+	}
+	return &f, nil
 }

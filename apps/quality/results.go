@@ -222,7 +222,31 @@ func (s *Service) store(ctx context.Context, tx pgx.Tx, l Lot, rows []pendingRes
 	if err != nil {
 		return nil, tenants.StoreError(err, "inspection results")
 	}
+	touched := make([]string, 0, len(next))
+	for k := range next {
+		touched = append(touched, k)
+	}
+	if err := refreshSeries(ctx, tx, l.ID, touched); err != nil {
+		return nil, err
+	}
 	return out, nil
+}
+
+// refreshSeries rebuilds a lot's inspection_series rows (its values per
+// characteristic in subgroup and sample order, which SPC reads) for keys.
+func refreshSeries(ctx context.Context, tx pgx.Tx, lot uuid.UUID, keys []string) error {
+	_, err := tx.Exec(ctx, `
+		INSERT INTO inspection_series (tenant_id, lot_id, characteristic, first_at, subgroup_list, value_list)
+		SELECT nx_tenant(), lot_id, characteristic, min(measured_at),
+			array_agg(subgroup ORDER BY subgroup, sample), array_agg(value ORDER BY subgroup, sample)
+		FROM inspection_results WHERE lot_id = $1 AND characteristic = ANY($2)
+		GROUP BY lot_id, characteristic
+		ON CONFLICT (lot_id, characteristic) DO UPDATE SET first_at = EXCLUDED.first_at,
+			subgroup_list = EXCLUDED.subgroup_list, value_list = EXCLUDED.value_list`, lot, keys)
+	if err != nil {
+		return fmt.Errorf("refresh inspection series: %w", err)
+	}
+	return nil
 }
 
 // afterResults judges lots that got new values, raises their

@@ -116,3 +116,23 @@ ALTER TABLE nonconformances ENABLE ROW LEVEL SECURITY;
 ALTER TABLE nonconformances FORCE ROW LEVEL SECURITY;
 CREATE POLICY tenant_isolation ON nonconformances USING (tenant_id = nx_tenant()) WITH CHECK (tenant_id = nx_tenant());
 GRANT SELECT, INSERT, UPDATE ON nonconformances TO nxcloud_app;
+
+-- A lot's values of one characteristic in subgroup and sample order, kept in
+-- step with inspection_results by apps/quality (same transaction), so SPC
+-- reads one row per lot instead of one per value. first_at is the lot's first
+-- measurement of the characteristic: charts run lot by lot in that order.
+CREATE TABLE inspection_series (
+    tenant_id       uuid NOT NULL REFERENCES tenants (id),
+    lot_id          uuid NOT NULL REFERENCES lots (id),
+    characteristic  text NOT NULL,
+    first_at        timestamptz NOT NULL,
+    subgroup_list   integer[] NOT NULL,
+    value_list      double precision[] NOT NULL,
+    PRIMARY KEY (lot_id, characteristic)
+);
+CREATE INDEX inspection_series_spc_idx ON inspection_series (tenant_id, characteristic, first_at, lot_id);
+
+ALTER TABLE inspection_series ENABLE ROW LEVEL SECURITY;
+ALTER TABLE inspection_series FORCE ROW LEVEL SECURITY;
+CREATE POLICY tenant_isolation ON inspection_series USING (tenant_id = nx_tenant()) WITH CHECK (tenant_id = nx_tenant());
+GRANT SELECT, INSERT, UPDATE ON inspection_series TO nxcloud_app;

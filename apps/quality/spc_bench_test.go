@@ -1,0 +1,156 @@
+package quality_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/nxcloud/nxcloud/apps"
+	"github.com/nxcloud/nxcloud/apps/quality"
+	"github.com/nxcloud/nxcloud/tenants"
+	"github.com/nxcloud/nxcloud/tenants/tenanttest"
+)
+
+// The SPC benchmark's data: one dedicated tenant with a million br results
+// (2000 lots × 100 subgroups of 5), loaded once with CopyFrom and kept
+// between runs. Only the benchmarks load it, never `go test`.
+const (
+	benchSlug    = "bench-spc-1m"
+	benchLots    = 2000
+	benchPerLot  = 500
+	benchResults = benchLots * benchPerLot
+)
+
+func benchTenant(b *testing.B, env *tenanttest.Env) context.Context {
+	b.Helper()
+	ctx := context.Background()
+	sys := env.DB.System
+	var id uuid.UUID
+	err := sys.QueryRow(ctx, `SELECT id FROM tenants WHERE slug = $1`, benchSlug).Scan(&id)
+	if errors.Is(err, pgx.ErrNoRows) {
+		_, _, cerr := env.Tenants.CreateEnterprise(ctx, tenants.EnterpriseInput{Slug: benchSlug, Name: "SPC benchmark", Sector: "magnetic-materials"})
+		if cerr != nil && apps.Code(cerr) != apps.Conflict {
+			b.Fatal(cerr)
+		}
+		err = sys.QueryRow(ctx, `SELECT id FROM tenants WHERE slug = $1`, benchSlug).Scan(&id)
+	}
+	if err != nil {
+		b.Fatal(err)
+	}
+	var n int
+	if err := sys.QueryRow(ctx, `SELECT count(*) FROM inspection_results WHERE tenant_id = $1 AND characteristic = 'br'`, id).Scan(&n); err != nil {
+		b.Fatal(err)
+	}
+	var series int
+	if err := sys.QueryRow(ctx, `SELECT count(*) FROM inspection_series WHERE tenant_id = $1`, id).Scan(&series); err != nil {
+		b.Fatal(err)
+	}
+	if n != benchResults || series != benchLots {
+		start := time.Now()
+		loadBench(b, sys, id)
+		b.Logf("loaded %d results in %v", benchResults, time.Since(start))
+	}
+	return tenants.WithTenant(ctx, id)
+}
+
+func loadBench(b *testing.B, sys *pgxpool.Pool, tenant uuid.UUID) {
+	ctx := context.Background()
+	for _, q := range []string{
+		`DELETE FROM nonconformances WHERE tenant_id = $1`,
+		`DELETE FROM inspection_series WHERE tenant_id = $1`,
+		`DELETE FROM inspection_results WHERE tenant_id = $1`,
+		`DELETE FROM lots WHERE tenant_id = $1`,
+	} {
+		if _, err := sys.Exec(ctx, q, tenant); err != nil {
+			b.Fatal(err)
+		}
+	}
+	lots := make([]uuid.UUID, benchLots)
+	lotRows := make([][]any, benchLots)
+	for i := range lots {
+		lots[i] = uuid.New()
+		lotRows[i] = []any{tenant, lots[i], fmt.Sprintf("BL-%05d", i), "block", "N52"}
+	}
+	if _, err := sys.CopyFrom(ctx, pgx.Identifier{"lots"}, []string{"tenant_id", "id", "code", "product", "grade_code"}, pgx.CopyFromRows(lotRows)); err != nil {
+		b.Fatal(err)
+	}
+	rng := rand.New(rand.NewPCG(1, 2))
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	i := 0
+	src := pgx.CopyFromFunc(func() ([]any, error) {
+		if i == benchResults {
+			return nil, nil
+		}
+		lot, k := i/benchPerLot, i%benchPerLot
+		row := []any{tenant, lots[lot], "br", 1.45 + rng.NormFloat64()*0.01, int32(k + 1), int32(k/5 + 1),
+			t0.Add(time.Duration(i) * time.Second), "csv", "bench"}
+		i++
+		return row, nil
+	})
+	_, err := sys.CopyFrom(ctx, pgx.Identifier{"inspection_results"},
+		[]string{"tenant_id", "lot_id", "characteristic", "value", "sample", "subgroup", "measured_at", "source", "created_by"}, src)
+	if err != nil {
+		b.Fatal(err)
+	}
+	// What apps/quality keeps in step on every insert, built at once here.
+	_, err = sys.Exec(ctx, `
+		INSERT INTO inspection_series (tenant_id, lot_id, characteristic, first_at, subgroup_list, value_list)
+		SELECT tenant_id, lot_id, characteristic, min(measured_at),
+			array_agg(subgroup ORDER BY subgroup, sample), array_agg(value ORDER BY subgroup, sample)
+		FROM inspection_results WHERE tenant_id = $1 GROUP BY tenant_id, lot_id, characteristic`, tenant)
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, t := range []string{"inspection_results", "inspection_series"} {
+		if _, err := sys.Exec(ctx, `VACUUM ANALYZE `+t); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkSPC measures the SPC endpoint's path (one tenant-scoped query
+// over a million values of one characteristic, the chart, run rules and
+// capability) per chart type, and the computation alone.
+func BenchmarkSPC(b *testing.B) {
+	env := tenanttest.New(b)
+	ctx := benchTenant(b, env)
+	svc := quality.NewService(&env.DB, nil)
+	for _, chart := range []string{quality.ChartXbarR, quality.ChartXbarS, quality.ChartIMR} {
+		b.Run("endpoint/"+chart, func(b *testing.B) {
+			for b.Loop() {
+				res, err := svc.SPC(ctx, quality.SPCQuery{Characteristic: "br", Chart: chart, Rules: "nelson"})
+				if err != nil {
+					b.Fatal(err)
+				}
+				if res.Values != benchResults {
+					b.Fatalf("%d values, want %d", res.Values, benchResults)
+				}
+			}
+		})
+	}
+	vs := make([]float64, benchResults)
+	rng := rand.New(rand.NewPCG(1, 2))
+	for i := range vs {
+		vs[i] = 1.45 + rng.NormFloat64()*0.01
+	}
+	for _, chart := range []string{quality.ChartXbarR, quality.ChartXbarS, quality.ChartIMR} {
+		b.Run("compute/"+chart, func(b *testing.B) {
+			lsl := 1.43
+			for b.Loop() {
+				c, err := quality.ComputeChart(chart, vs, 5)
+				if err != nil {
+					b.Fatal(err)
+				}
+				quality.Flags(c.X, c.XLimits, quality.RulesNelson)
+				c.Capability(&lsl, nil)
+			}
+		})
+	}
+}
