@@ -114,6 +114,12 @@ func TestRecipeAPI(t *testing.T) {
 	}
 	wantProblem(t, "acknowledge twice", s.do(t, "POST", "/api/v1/recipe-deviations/"+f.deviation.ID.String()+"/acknowledge", key, `{"note":""}`), 409, "conflict", "")
 	wantProblem(t, "unknown deviation", s.do(t, "GET", "/api/v1/recipe-deviations/nope", key, ""), 404, "not_found", "")
+
+	// The lot's trace carries its deviations.
+	tr := s.do(t, "GET", "/api/v1/lots/"+f.lot+"/trace", key, "")
+	if tr.status != http.StatusOK || !strings.Contains(string(tr.body), `"deviations":[{"id":"`+f.deviation.ID.String()+`"`) {
+		t.Errorf("trace of %s: %v", f.lot, tr)
+	}
 }
 
 // TestRecipeWriteIsolation: tenant B cannot edit, submit, approve, release,

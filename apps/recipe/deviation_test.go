@@ -9,10 +9,14 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/nxcloud/nxcloud/apps"
+	"github.com/nxcloud/nxcloud/apps/batch"
 	"github.com/nxcloud/nxcloud/apps/recipe"
 	"github.com/nxcloud/nxcloud/tenants"
 	"github.com/nxcloud/nxcloud/tenants/tenanttest"
 )
+
+// The recipe app provides the "deviations" details of trace nodes.
+var _ batch.DetailSource = (*recipe.Service)(nil)
 
 // seedRun creates a lot made with version and its run on device from start
 // to end, and returns the lot id.
