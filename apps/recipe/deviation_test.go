@@ -20,7 +20,7 @@ var _ batch.DetailSource = (*recipe.Service)(nil)
 
 // seedRun creates a lot made with version and its run on device from start
 // to end, and returns the lot id.
-func seedRun(t *testing.T, env *tenanttest.Env, tn tenanttest.Tenant, code string, version, device uuid.UUID, start time.Time, end *time.Time) uuid.UUID {
+func seedRun(t testing.TB, env *tenanttest.Env, tn tenanttest.Tenant, code string, version, device uuid.UUID, start time.Time, end *time.Time) uuid.UUID {
 	t.Helper()
 	ctx := context.Background()
 	var lot uuid.UUID
@@ -36,7 +36,7 @@ func seedRun(t *testing.T, env *tenanttest.Env, tn tenanttest.Tenant, code strin
 }
 
 // seedPoints writes telemetry of one metric of a device: value at start+offset seconds.
-func seedPoints(t *testing.T, env *tenanttest.Env, tn tenanttest.Tenant, device uuid.UUID, metric string, start time.Time, pts map[int]float64) {
+func seedPoints(t testing.TB, env *tenanttest.Env, tn tenanttest.Tenant, device uuid.UUID, metric string, start time.Time, pts map[int]float64) {
 	t.Helper()
 	ctx := context.Background()
 	var id int32
