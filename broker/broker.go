@@ -81,7 +81,7 @@ type Config struct {
 	// direction of mochi's quota; MaxInflight bounds stored outbound QoS>0
 	// messages per client (defaults 1024 and 1024).
 	ReceiveMaximum, MaxInflight uint16
-	MaxClientWritesPending      int           // outbound queue per client (default 8192)
+	MaxClientWritesPending      int           // deliveries queued per client (default 256; mochi sizes a channel per connection by it)
 	SessionExpiry               time.Duration // maximum session expiry (default 24h)
 	MessageExpiry               time.Duration // maximum message expiry (default 24h)
 	Limits                      Limits        // against hostile clients (limits.go)
@@ -108,7 +108,7 @@ func (c *Config) setDefaults() {
 		c.MaxInflight = 1024
 	}
 	if c.MaxClientWritesPending <= 0 {
-		c.MaxClientWritesPending = 8192
+		c.MaxClientWritesPending = 256
 	}
 	if c.SessionExpiry <= 0 {
 		c.SessionExpiry = 24 * time.Hour

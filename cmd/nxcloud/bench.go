@@ -84,6 +84,9 @@ func pct(v []float32, p float64) float64 {
 }
 
 func cmdBench(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	if len(args) > 0 && args[0] == "conns" {
+		return cmdBenchConns(ctx, args[1:], getenv, stdout, stderr) // bench_conns.go
+	}
 	var bc benchConfig
 	var cpuProfile *string
 	cfg, err := parseCommand("bench", args, getenv, stderr, func(fs *flag.FlagSet) {
@@ -361,7 +364,7 @@ func connectAll(ctx context.Context, brokerURL, slug string, keys []string, secr
 			user := tenants.MQTTUsername(k, slug)
 			opts := mqtt.NewClientOptions().AddBroker(brokerURL).SetClientID(user).SetUsername(user).SetPassword(secret).
 				SetCleanSession(true).SetAutoReconnect(false).SetKeepAlive(60 * time.Second).SetMaxResumePubInFlight(1000).
-				SetOrderMatters(false)
+				SetOrderMatters(false).SetDialer(benchDialer(brokerURL, i))
 			c := mqtt.NewClient(opts)
 			tok := c.Connect()
 			if !tok.WaitTimeout(30*time.Second) || tok.Error() != nil {

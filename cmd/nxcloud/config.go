@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/nxcloud/nxcloud/broker"
 )
 
 // config is every setting of the serve path. Each field has a flag and an
@@ -38,6 +40,12 @@ type config struct {
 	PublicHost       string
 	RetentionDays    int
 	MQTTConnectLimit time.Duration
+
+	// Limits against hostile clients (broker.Limits); a negative rate disables one.
+	MQTTDeviceRate, MQTTDeviceBurst       int
+	MQTTDeviceBytes, MQTTDeviceBytesBurst int
+	MQTTConnectRate, MQTTConnectBurst     int
+	MQTTThrottleMax, MQTTWriteTimeout     time.Duration
 }
 
 // env maps flag names to environment variables: database-url → NXCLOUD_DATABASE_URL.
@@ -99,12 +107,31 @@ func bindConfig(fs *flag.FlagSet, c *config, getenv func(string) string) error {
 	dur(&c.ShutdownTimeout, "shutdown-timeout", 30*time.Second, "how long shutdown may take to flush ingest")
 	integer(&c.RetentionDays, "retention-days", 400, "days of raw telemetry kept (plain PostgreSQL; TimescaleDB uses its policy)")
 	dur(&c.MQTTConnectLimit, "mqtt-connect-timeout", 10*time.Second, "close sockets that send no CONNECT within this")
+	integer(&c.MQTTDeviceRate, "mqtt-device-rate", 200, "publishes per second per device (negative: no limit)")
+	integer(&c.MQTTDeviceBurst, "mqtt-device-burst", 1000, "publishes a device may send at once above its rate")
+	integer(&c.MQTTDeviceBytes, "mqtt-device-bytes", 2<<20, "publish bytes per second per device (negative: no limit)")
+	integer(&c.MQTTDeviceBytesBurst, "mqtt-device-bytes-burst", 8<<20, "publish bytes a device may send at once above its rate")
+	dur(&c.MQTTThrottleMax, "mqtt-throttle-max", 5*time.Second, "longest a QoS 1 publish over its device's rate is held before the client is disconnected")
+	integer(&c.MQTTConnectRate, "mqtt-connect-rate", 20, "new MQTT connections per second per source address (negative: no limit)")
+	integer(&c.MQTTConnectBurst, "mqtt-connect-burst", 200, "new MQTT connections a source address may open at once")
+	dur(&c.MQTTWriteTimeout, "mqtt-write-timeout", 30*time.Second, "close a client that does not take a write within this (slow reader)")
 	nm := getenv(envName("no-migrate"))
 	fs.BoolVar(&c.NoMigrate, "no-migrate", nm == "true" || nm == "1", "do not apply migrations on start ("+envName("no-migrate")+")")
 	if len(bad) > 0 {
 		return fmt.Errorf("environment: %s", strings.Join(bad, "; "))
 	}
 	return nil
+}
+
+// brokerLimits is the broker's Limits from the configuration.
+func (c *config) brokerLimits() broker.Limits {
+	return broker.Limits{
+		PublishRate: float64(c.MQTTDeviceRate), PublishBurst: c.MQTTDeviceBurst,
+		ByteRate: float64(c.MQTTDeviceBytes), ByteBurst: c.MQTTDeviceBytesBurst,
+		MaxThrottle: c.MQTTThrottleMax,
+		ConnectRate: float64(c.MQTTConnectRate), ConnectBurst: c.MQTTConnectBurst,
+		WriteTimeout: c.MQTTWriteTimeout,
+	}
 }
 
 // parseCommand parses a command's arguments: the shared configuration plus

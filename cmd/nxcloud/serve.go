@@ -150,7 +150,7 @@ func startPlatform(ctx context.Context, cfg config, log *slog.Logger, opt platfo
 
 	p.broker, err = broker.New(broker.Config{
 		TCPAddr: cfg.MQTTAddr, WSAddr: cfg.MQTTWSAddr, MaxPacketSize: uint32(cfg.MaxPacket),
-		ConnectTimeout: cfg.MQTTConnectLimit, Logger: log,
+		ConnectTimeout: cfg.MQTTConnectLimit, Limits: cfg.brokerLimits(), Logger: log,
 	}, p.tenants, p.pipe, p.pipe)
 	if err != nil {
 		return nil, err
@@ -162,6 +162,7 @@ func startPlatform(ctx context.Context, cfg config, log *slog.Logger, opt platfo
 	p.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	p.reg.MustRegister(p.pipe.Collectors()...)
 	p.reg.MustRegister(brokerCollectors(p.broker)...)
+	p.reg.MustRegister(limitCollectors(p.broker)...)
 
 	var proxies []string
 	if cfg.TrustedProxies != "" {

@@ -1,0 +1,335 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	mqtt "github.com/eclipse/paho.mqtt.golang"
+	"github.com/mochi-mqtt/server/v2/packets"
+)
+
+// idleConns are raw MQTT connections that only keep alive: no goroutine
+// each, so the process's RSS grows by what the broker spends on them.
+type idleConns struct {
+	mu    sync.Mutex
+	conns []net.Conn
+}
+
+func (ic *idleConns) len() int {
+	ic.mu.Lock()
+	defer ic.mu.Unlock()
+	return len(ic.conns)
+}
+
+func (ic *idleConns) close() {
+	ic.mu.Lock()
+	defer ic.mu.Unlock()
+	for _, c := range ic.conns {
+		_ = c.Close()
+	}
+	ic.conns = nil
+}
+
+// keepAlive sends each connection a PINGREQ every interval (the answers
+// pile up unread: 2 bytes each). The returned function stops it.
+func (ic *idleConns) keepAlive(ctx context.Context, every time.Duration) func() {
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(every)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+			ic.mu.Lock()
+			for _, c := range ic.conns {
+				_ = c.SetWriteDeadline(time.Now().Add(time.Second))
+				_, _ = c.Write([]byte{0xC0, 0})
+			}
+			ic.mu.Unlock()
+		}
+	}()
+	return func() { cancel(); <-done }
+}
+
+// openIdle connects one raw MQTT 3.1.1 connection per device, 64 at a time,
+// from loopback addresses 127.0.0.1-sources. It returns the connections, the
+// time they took, and each CONNECT→CONNACK time in ms (sorted).
+func openIdle(ctx context.Context, addr, slug string, keys []string, secret string, sources int) (*idleConns, time.Duration, []float32, error) {
+	ic := &idleConns{conns: make([]net.Conn, 0, len(keys))}
+	lat := make([]float32, len(keys))
+	sem := make(chan struct{}, 64)
+	var wg sync.WaitGroup
+	var firstErr atomic.Value
+	start := time.Now()
+	for i, k := range keys {
+		if ctx.Err() != nil {
+			break
+		}
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			t0 := time.Now()
+			c, code, err := rawConnect(addr, net.IPv4(127, 0, 0, byte(1+i%sources)), k+"@"+slug, secret, 120)
+			if err == nil && code != 0 {
+				c.Close()
+				err = fmt.Errorf("CONNACK code %d", code)
+			}
+			if err != nil {
+				firstErr.CompareAndSwap(nil, fmt.Errorf("bench conns: idle connection %d (%s): %w", i, k, err))
+				return
+			}
+			lat[i] = float32(time.Since(t0).Seconds() * 1000)
+			ic.mu.Lock()
+			ic.conns = append(ic.conns, c)
+			ic.mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	took := time.Since(start)
+	if err, _ := firstErr.Load().(error); err != nil {
+		ic.close()
+		return nil, 0, nil, err
+	}
+	slices.Sort(lat)
+	return ic, took, lat, ctx.Err()
+}
+
+const idleClientsCmd = "idle-clients"
+
+// idleChild is a child process holding the idle connections.
+type idleChild struct {
+	cmd      *exec.Cmd
+	stdin    io.Closer
+	held     int
+	took     time.Duration
+	p50, p99 float64
+}
+
+// startIdleChild runs `nxcloud bench conns idle-clients` for devices
+// d-<first>… and waits until it holds them all.
+func startIdleChild(ctx context.Context, stderr io.Writer, addr, slug, secret string, first, count, sources int) (*idleChild, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.CommandContext(ctx, exe, "bench", "conns", idleClientsCmd, addr, slug, secret,
+		strconv.Itoa(first), strconv.Itoa(count), strconv.Itoa(sources))
+	cmd.Stderr = stderr
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		return nil, err
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	ch := &idleChild{cmd: cmd, stdin: in}
+	line, err := bufio.NewReader(out).ReadString('\n')
+	var secs float64
+	if err == nil {
+		_, err = fmt.Sscanf(line, "held %d %g %g %g", &ch.held, &secs, &ch.p50, &ch.p99)
+	}
+	if err != nil {
+		ch.close()
+		return nil, fmt.Errorf("bench conns: idle client process: %q: %w", line, err)
+	}
+	ch.took = time.Duration(secs * float64(time.Second))
+	return ch, nil
+}
+
+func (ch *idleChild) close() {
+	if ch.stdin != nil {
+		_ = ch.stdin.Close() // the child exits when its stdin ends
+		_ = ch.cmd.Wait()
+		ch.stdin = nil
+	}
+}
+
+// runIdleChild is the child: it opens the connections, reports "held n
+// seconds p50 p99", keeps them alive and exits when stdin ends.
+func runIdleChild(ctx context.Context, args []string, stdout io.Writer) error {
+	if len(args) != 6 {
+		return fmt.Errorf("bench conns %s: want addr slug secret first count sources", idleClientsCmd)
+	}
+	first, err1 := strconv.Atoi(args[3])
+	count, err2 := strconv.Atoi(args[4])
+	sources, err3 := strconv.Atoi(args[5])
+	if err := errors.Join(err1, err2, err3); err != nil {
+		return err
+	}
+	raiseFileLimit(count + 1024)
+	keys := make([]string, count)
+	for i := range keys {
+		keys[i] = fmt.Sprintf("d-%06d", first+i)
+	}
+	ic, took, lat, err := openIdle(ctx, args[0], args[1], keys, args[2], sources)
+	if err != nil {
+		fmt.Fprintf(stdout, "error %v\n", err)
+		return err
+	}
+	defer ic.close()
+	fmt.Fprintf(stdout, "held %d %g %g %g\n", ic.len(), took.Seconds(), pct(lat, 50), pct(lat, 99))
+	stop := ic.keepAlive(ctx, 60*time.Second)
+	defer stop()
+	_, _ = io.Copy(io.Discard, os.Stdin)
+	return nil
+}
+
+type floodStats struct{ acked, failed, sent0 atomic.Int64 }
+
+// startFlood connects the flooders: the first half publish 5-metric QoS 1
+// messages as fast as the broker acknowledges them (16 in flight), the
+// other half QoS 0 at rate messages per second — both far over a device's
+// publish rate.
+func startFlood(ctx context.Context, brokerURL, slug string, keys []string, secret string, metrics []benchMetric, rate float64) (*sync.WaitGroup, *floodStats, error) {
+	cs, err := connectAll(ctx, brokerURL, slug, keys, secret)
+	if err != nil {
+		return nil, nil, err
+	}
+	st := &floodStats{}
+	var wg sync.WaitGroup
+	for i, c := range cs {
+		topic := "v1/" + slug + "/" + keys[i] + "/telemetry"
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer c.Disconnect(100)
+			if i%2 == 0 {
+				floodQoS1(ctx, c, topic, metrics, st)
+				return
+			}
+			every := time.Duration(float64(time.Second) / rate)
+			t := time.NewTicker(every)
+			defer t.Stop()
+			buf := make([]byte, 0, 256)
+			for ctx.Err() == nil {
+				buf = appendReading(buf[:0], time.Now(), metrics, func(benchMetric) float64 { return 0.5 })
+				c.Publish(topic, 0, false, append([]byte(nil), buf...))
+				st.sent0.Add(1)
+				select {
+				case <-ctx.Done():
+				case <-t.C:
+				}
+			}
+		}()
+	}
+	return &wg, st, nil
+}
+
+func floodQoS1(ctx context.Context, c mqtt.Client, topic string, metrics []benchMetric, st *floodStats) {
+	inflight := make(chan struct{}, 16)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	buf := make([]byte, 0, 256)
+	for ctx.Err() == nil {
+		select {
+		case inflight <- struct{}{}:
+		case <-ctx.Done():
+			return
+		}
+		buf = appendReading(buf[:0], time.Now(), metrics, func(benchMetric) float64 { return 0.5 })
+		tok := c.Publish(topic, 1, false, append([]byte(nil), buf...))
+		wg.Add(1)
+		go func() {
+			defer func() { <-inflight; wg.Done() }()
+			if tok.WaitTimeout(time.Minute) && tok.Error() == nil {
+				st.acked.Add(1)
+			} else {
+				st.failed.Add(1)
+			}
+		}()
+	}
+}
+
+// startSlowReaders connects raw clients (16 KiB receive buffers) that
+// subscribe to their commands and then never read, and has the platform send
+// each a 64 KiB QoS 1 command every 50 ms until ctx ends.
+func startSlowReaders(ctx context.Context, p *platform, addr, slug string, keys []string, secret string) ([]net.Conn, *atomic.Int64, error) {
+	var conns []net.Conn
+	for i, k := range keys {
+		c, code, err := rawConnect(addr, net.IPv4(127, 0, 0, byte(201+i%40)), k+"@"+slug, secret, 120)
+		if err == nil && code != 0 {
+			c.Close()
+			err = fmt.Errorf("CONNACK code %d", code)
+		}
+		if err != nil {
+			for _, c := range conns {
+				c.Close()
+			}
+			return nil, nil, fmt.Errorf("bench conns: slow reader %s: %w", k, err)
+		}
+		if tc, ok := c.(*net.TCPConn); ok {
+			_ = tc.SetReadBuffer(16 << 10)
+		}
+		sub := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1}, PacketID: 1, ProtocolVersion: 4,
+			Filters: packets.Subscriptions{{Filter: "v1/" + slug + "/" + k + "/cmd/#", Qos: 1}}}
+		var buf bytes.Buffer
+		_ = sub.SubscribeEncode(&buf)
+		_, _ = c.Write(buf.Bytes())
+		conns = append(conns, c)
+	}
+	var sent atomic.Int64
+	payload := bytes.Repeat([]byte("s"), 64<<10)
+	go func() {
+		t := time.NewTicker(50 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+			for _, k := range keys {
+				if p.broker.Publish("v1/"+slug+"/"+k+"/cmd/fill", payload, false, 1) == nil {
+					sent.Add(1)
+				}
+			}
+		}
+	}()
+	return conns, &sent, nil
+}
+
+type stormStats struct{ attempts, accepted atomic.Int64 }
+
+// storm1 connects and disconnects from 127.0.0.254 at each tick of pace.
+func storm1(ctx context.Context, addr, username, secret string, pace <-chan time.Time, st *stormStats) {
+	for ctx.Err() == nil {
+		select {
+		case <-ctx.Done():
+			return
+		case <-pace:
+		}
+		st.attempts.Add(1)
+		c, code, err := rawConnect(addr, net.IPv4(127, 0, 0, 254), username, secret, 30)
+		if err != nil {
+			sleepCtx(ctx, time.Millisecond) // out of ports and the like
+			continue
+		}
+		if code == 0 {
+			st.accepted.Add(1)
+			_, _ = c.Write([]byte{0xE0, 0}) // DISCONNECT
+		}
+		_ = c.Close()
+	}
+}
