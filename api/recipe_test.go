@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/http"
 	"net/url"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -168,5 +169,53 @@ func TestRecipeWriteIsolation(t *testing.T) {
 	dl := decode[struct{ Items []recipe.Download }](t, "A's downloads", s.do(t, "GET", "/api/v1/recipe-downloads", aKey, ""), http.StatusOK)
 	if v2.Status != recipe.InReview || v1.Status != recipe.Released || d.Acknowledged || len(dl.Items) != 1 {
 		t.Fatalf("A's records changed: v2 %s, v1 %s, deviation acknowledged %v, %d downloads", v2.Status, v1.Status, d.Acknowledged, len(dl.Items))
+	}
+}
+
+// TestRecipeSchemasMatchGoTypes checks the recipe fragment's schemas against
+// the Go types the handlers encode and decode (as
+// TestOpenAPISchemasMatchGoTypes does for the core schemas).
+func TestRecipeSchemasMatchGoTypes(t *testing.T) {
+	doc := loadDoc(t)
+	schemas := obj(obj(doc["components"])["schemas"])
+	for name, c := range map[string]struct {
+		v        any
+		response bool
+	}{
+		"RecipeActor": {recipe.Actor{}, true}, "RecipeIngredient": {recipe.Ingredient{}, true},
+		"RecipeParameter": {recipe.Parameter{}, true}, "RecipeParameterInput": {recipe.ParameterInput{}, false},
+		"RecipeVersionSummary": {recipe.VersionSummary{}, true}, "Recipe": {recipe.Recipe{}, true},
+		"RecipeTransition": {recipe.Transition{}, true}, "RecipeVersion": {recipe.Version{}, true},
+		"RecipeInput": {recipe.RecipeInput{}, false}, "RecipeContentInput": {recipe.ContentInput{}, false},
+		"RecipeNewVersionInput": {recipe.NewVersionInput{}, false}, "RecipeTransitionInput": {recipe.TransitionInput{}, false},
+		"RecipeReturnInput": {recipe.ReturnInput{}, false}, "RecipeReleaseInput": {recipe.ReleaseInput{}, false},
+		"RecipeDownloadInput": {recipe.DownloadInput{}, false}, "RecipeCommandParameter": {recipe.CommandParameter{}, true},
+		"RecipeCommand": {recipe.Command{}, true}, "RecipeDownload": {recipe.Download{}, true},
+		"RecipeReleaseResult": {recipe.ReleaseResult{}, true}, "RecipeRunning": {recipe.Running{}, true},
+		"RecipeEquipment": {recipe.Equipment{}, true}, "RecipeDeviation": {recipe.Deviation{}, true},
+		"RecipeAcknowledgeInput": {recipe.AcknowledgeInput{}, false}, "RecipeParameterChange": {recipe.ParameterChange{}, true},
+		"RecipeIngredientChange": {recipe.IngredientChange{}, true}, "RecipeParameterDiff": {recipe.ParameterDiff{}, true},
+		"RecipeIngredientDiff": {recipe.IngredientDiff{}, true}, "RecipeDiff": {recipe.Diff{}, true},
+	} {
+		schema := obj(schemas[name])
+		if schema == nil {
+			t.Errorf("components.schemas.%s is missing", name)
+			continue
+		}
+		props, required := doc.flatten(schema)
+		fields := map[string]bool{}
+		jsonFieldsOf(reflect.TypeOf(c.v), fields)
+		for f, omit := range fields {
+			if _, ok := props[f]; !ok {
+				t.Errorf("schema %s lacks property %q (json tag of %T)", name, f, c.v)
+			} else if c.response && required[f] == omit {
+				t.Errorf("schema %s: property %q required=%v, but the Go field is omitempty=%v", name, f, required[f], omit)
+			}
+		}
+		for p := range props {
+			if _, ok := fields[p]; !ok {
+				t.Errorf("schema %s has property %q, which %T does not have", name, p, c.v)
+			}
+		}
 	}
 }
