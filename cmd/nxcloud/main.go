@@ -47,6 +47,7 @@ Commands:
   demo       migrate, seed the demo factory, serve it and simulate its devices
   simulate   publish simulated telemetry for devices over MQTT
   bench      measure end-to-end ingest throughput and latency against raw COPY
+  chaos-metering  kill nxcloud twice and restart Redis under traffic; prove metering exact
   tenant     onboard an enterprise: tenant create --sector S --slug X --name N
   version    print the version
 
@@ -72,6 +73,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return cmdSimulate(ctx, rest, getenv, stdout, stderr)
 	case "bench":
 		return cmdBench(ctx, rest, getenv, stdout, stderr)
+	case "chaos-metering":
+		return cmdChaosMetering(ctx, rest, getenv, stdout, stderr)
 	case "tenant":
 		return cmdTenant(ctx, rest, getenv, stdout, stderr)
 	case "version":

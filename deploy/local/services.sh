@@ -4,6 +4,7 @@
 #   deploy/local/services.sh up                  start (or reuse) PostgreSQL and Redis, write $NXCLOUD_DATA_DIR/env
 #   deploy/local/services.sh down [what...]      stop what runs from the data dir: nxcloud, postgres, redis (default: all)
 #   deploy/local/services.sh status              print what runs
+#   deploy/local/services.sh restart-redis       stop and start the local Redis (make chaos-metering)
 #   deploy/local/services.sh env                 print the env file (export lines, for `source`)
 #
 # Environment:
@@ -805,7 +806,7 @@ cmd_env() {
 }
 
 usage() {
-	sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+	sed -n '2,17p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
 }
 
 main() {
@@ -815,6 +816,11 @@ main() {
 	up) cmd_up "$@" ;;
 	down | stop) cmd_down "$@" ;;
 	status) cmd_status "$@" ;;
+	restart-redis)
+		lock
+		redis_stop
+		redis_up
+		;;
 	env) cmd_env "$@" ;;
 	-h | --help | help)
 		usage
