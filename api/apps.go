@@ -57,6 +57,19 @@ func NewApps(d AppDeps) *Apps {
 		Quality:   quality.NewService(d.DB, log.With("app", "quality")),
 		Recipe:    recipe.NewService(d.DB, d.Downlink, log.With("app", "recipe")),
 	}
+	// Trace nodes carry the other apps' records where an app provides them.
+	for key, src := range map[string]any{"inspections": a.Quality, "deviations": a.Recipe, "downgrades": a.Downgrade} {
+		if ds, ok := src.(batch.DetailSource); ok {
+			a.Batch.AddDetail(key, ds)
+		}
+	}
+	// The downgrade rule reads inspection values and proposes as results land.
+	a.Downgrade.UseInspections(a.Quality)
+	a.Quality.OnResults = a.Downgrade.ProposeForLots
+	if d.DB != nil && d.DB.System != nil {
+		lotEvents := a.Batch.Feed(d.DB.System)
+		a.Jobs = append(a.Jobs, func(ctx context.Context) { lotEvents.Run(ctx, 2*time.Second) })
+	}
 	if d.DB != nil && d.DB.System != nil {
 		// Recipe: device replies to downloads, download retries/timeouts,
 		// deviation detection.
@@ -64,6 +77,11 @@ func NewApps(d AppDeps) *Apps {
 		a.Jobs = append(a.Jobs, func(ctx context.Context) { replies.Run(ctx, time.Second) },
 			func(ctx context.Context) { a.Recipe.RunDownloads(ctx, 5*time.Second) },
 			func(ctx context.Context) { a.Recipe.RunDeviations(ctx, 10*time.Second) })
+	}
+	if d.DB != nil && d.DB.System != nil {
+		// Quality: test benches' "inspection" events become results.
+		inspections := a.Quality.Feed(d.DB.System)
+		a.Jobs = append(a.Jobs, func(ctx context.Context) { inspections.Run(ctx, 2*time.Second) })
 	}
 	a.Meter = d.Meter
 	if a.Meter == nil {
@@ -80,8 +98,8 @@ func (a *Apps) register(tg, public *echo.Group, r *tenants.Routes) {
 		return
 	}
 	batch.NewHandler(a.Batch).Register(tg, r)
+	batch.NewHandler(a.Batch).RegisterPublic(public, r)
 	downgrade.NewHandler(a.Downgrade).Register(tg, r)
 	quality.NewHandler(a.Quality).Register(tg, r)
 	recipe.NewHandler(a.Recipe).Register(tg, r)
-	_ = public
 }

@@ -23,7 +23,7 @@ func NewHandler(svc *Service) *Handler { return &Handler{svc: svc, now: time.Now
 func (h *Handler) Register(g *echo.Group, r *tenants.Routes) {
 	r.Add(g, http.MethodGet, "/downgrades", tenants.PermDowngradeRead, h.list)
 	r.Add(g, http.MethodPost, "/downgrades", tenants.PermDowngradeWrite, h.record)
-	r.Add(g, http.MethodGet, "/downgrades/analytics", tenants.PermDowngradeRead, h.analytics)
+	r.Add(g, http.MethodGet, "/downgrade-analytics", tenants.PermDowngradeRead, h.analytics)
 	r.Add(g, http.MethodPost, "/downgrades/evaluate", tenants.PermDowngradeWrite, h.evaluate)
 	r.Add(g, http.MethodGet, "/downgrades/:downgrade", tenants.PermDowngradeRead, h.get)
 	r.Add(g, http.MethodPost, "/downgrades/:downgrade/approve", tenants.PermDowngradeApprove, h.approve)

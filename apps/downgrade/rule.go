@@ -38,7 +38,7 @@ type Miss struct {
 // judge returns the misses of the values against g (empty: the lot meets g).
 // A characteristic of the spec that was not measured is not judged.
 func judge(g Grade, values map[string][]float64) []Miss {
-	var out []Miss
+	out := []Miss{}
 	keys := make([]string, 0, len(g.Specs))
 	for k := range g.Specs {
 		keys = append(keys, k)
