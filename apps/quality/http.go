@@ -1,10 +1,16 @@
 package quality
 
 import (
+	"bytes"
+	"errors"
+	"io"
 	"math"
+	"mime"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/labstack/echo/v4"
 
@@ -34,6 +40,7 @@ func (h *Handler) Register(g *echo.Group, r *tenants.Routes) {
 	r.Add(g, http.MethodGet, "/quality/nonconformances/:nonconformance", tenants.PermQualityRead, h.nc)
 	r.Add(g, http.MethodPatch, "/quality/nonconformances/:nonconformance", tenants.PermQualityWrite, h.updateNC)
 	r.Add(g, http.MethodGet, "/quality/spc", tenants.PermQualityRead, h.spc)
+	r.Add(g, http.MethodPost, "/quality/results/import", tenants.PermQualityWrite, h.importResults)
 }
 
 func (h *Handler) plans(c echo.Context) error {
@@ -190,4 +197,58 @@ func floatParam(c echo.Context, name string) (*float64, error) {
 		return nil, apps.FieldError(name, "want a finite number, not %q", clip(v, 40))
 	}
 	return &f, nil
+}
+
+// importResults reads a CSV or JSON list of results. Whole-request problems
+// (media type, size, header, syntax, row count) are a 400 (413 for size);
+// problems of single rows are reported in the 200 answer.
+func (h *Handler) importResults(c echo.Context) error {
+	req := c.Request()
+	dryRun := false
+	if v := c.QueryParam("dry_run"); v != "" {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			return apps.FieldError("dry_run", "want true or false")
+		}
+		dryRun = b
+	}
+	var parse func([]byte) ([]ImportRow, error)
+	mt, params, err := mime.ParseMediaType(req.Header.Get(echo.HeaderContentType))
+	if err != nil {
+		mt = ""
+	}
+	switch mt {
+	case "text/csv":
+		if cs := params["charset"]; cs != "" && !strings.EqualFold(cs, "utf-8") {
+			return apps.Errorf(apps.Invalid, "a results CSV must be UTF-8, not %s", clip(cs, 32))
+		}
+		parse = ParseResultsCSV
+	case "application/json":
+		parse = ParseResultsJSON
+	default:
+		return apps.Errorf(apps.Invalid, "Content-Type must be text/csv or application/json")
+	}
+	body, err := io.ReadAll(io.LimitReader(req.Body, MaxImportBytes+1))
+	if err != nil {
+		var he *echo.HTTPError
+		if errors.As(err, &he) {
+			return he
+		}
+		return apps.Errorf(apps.Invalid, "could not read the request body: %v", err)
+	}
+	if len(body) > MaxImportBytes {
+		return echo.ErrStatusRequestEntityTooLarge
+	}
+	if !utf8.Valid(body) || bytes.IndexByte(body, 0) >= 0 {
+		return apps.Errorf(apps.Invalid, "the import must be UTF-8 text without NUL bytes")
+	}
+	rows, err := parse(body)
+	if err != nil {
+		return err
+	}
+	res, err := h.svc.ImportResults(req.Context(), rows, dryRun)
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, res)
 }

@@ -220,7 +220,7 @@ func inspect(ctx context.Context, q tenants.Querier, l Lot) (LotInspection, erro
 	specs := map[string]tenants.Spec{}
 	if l.Grade != "" {
 		var raw []byte
-		err := q.QueryRow(ctx, `SELECT specs FROM grades WHERE code = $1`, l.Grade).Scan(&raw)
+		err := q.QueryRow(ctx, `SELECT specs FROM grades WHERE tenant_id = nx_require_tenant() AND code = $1`, l.Grade).Scan(&raw)
 		if err != nil && !errors.Is(err, pgx.ErrNoRows) {
 			return LotInspection{}, fmt.Errorf("grade specs: %w", err)
 		}
@@ -248,7 +248,7 @@ func inspect(ctx context.Context, q tenants.Querier, l Lot) (LotInspection, erro
 // (the first by code when several name it).
 func reasonCodes(ctx context.Context, q tenants.Querier) (map[string]string, error) {
 	rows, err := q.Query(ctx, `SELECT DISTINCT ON (characteristic) characteristic, code FROM defect_codes
-		WHERE characteristic <> '' ORDER BY characteristic, code`)
+		WHERE tenant_id = nx_require_tenant() AND characteristic <> '' ORDER BY characteristic, code`)
 	if err != nil {
 		return nil, fmt.Errorf("defect codes: %w", err)
 	}
@@ -266,7 +266,7 @@ func reasonCodes(ctx context.Context, q tenants.Querier) (map[string]string, err
 
 // lotValues returns every value of a lot per characteristic, in sample order.
 func lotValues(ctx context.Context, q tenants.Querier, lot uuid.UUID) (map[string][]float64, error) {
-	rows, err := q.Query(ctx, `SELECT characteristic, value FROM inspection_results WHERE lot_id = $1 ORDER BY characteristic, sample`, lot)
+	rows, err := q.Query(ctx, `SELECT characteristic, value FROM inspection_results WHERE tenant_id = nx_require_tenant() AND lot_id = $1 ORDER BY characteristic, sample`, lot)
 	if err != nil {
 		return nil, fmt.Errorf("lot values: %w", err)
 	}

@@ -69,7 +69,7 @@ func nonconformances(ctx context.Context, q tenants.Querier, f NCQuery) ([]Nonco
 		limit = 1000
 	}
 	rows, err := q.Query(ctx, `SELECT `+ncColumns+` FROM nonconformances n JOIN lots l ON l.id = n.lot_id
-		WHERE ($1::uuid IS NULL OR n.lot_id = $1) AND ($2 = '' OR n.status = $2) AND ($3 = '' OR n.reason_code = $3)
+		WHERE n.tenant_id = nx_require_tenant() AND ($1::uuid IS NULL OR n.lot_id = $1) AND ($2 = '' OR n.status = $2) AND ($3 = '' OR n.reason_code = $3)
 		ORDER BY n.created_at DESC, n.id LIMIT $4`, f.LotID, f.Status, f.Reason, limit)
 	if err != nil {
 		return nil, fmt.Errorf("nonconformances: %w", err)
@@ -136,7 +136,7 @@ func ncByID(ctx context.Context, q tenants.Querier, ref string) (Nonconformance,
 	if err != nil {
 		return Nonconformance{}, apps.Errorf(apps.NotFound, "nonconformance %q not found", clip(ref, 64))
 	}
-	n, err := scanNC(q.QueryRow(ctx, `SELECT `+ncColumns+` FROM nonconformances n JOIN lots l ON l.id = n.lot_id WHERE n.id = $1`, id))
+	n, err := scanNC(q.QueryRow(ctx, `SELECT `+ncColumns+` FROM nonconformances n JOIN lots l ON l.id = n.lot_id WHERE n.tenant_id = nx_require_tenant() AND n.id = $1`, id))
 	if apps.Code(err) == apps.NotFound {
 		return n, apps.Errorf(apps.NotFound, "nonconformance %q not found", clip(ref, 64))
 	}
@@ -157,7 +157,7 @@ func (s *Service) RecordNonconformance(ctx context.Context, lotRef string, in NC
 			return err
 		}
 		var known bool
-		if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM defect_codes WHERE code = $1)`, in.ReasonCode).Scan(&known); err != nil {
+		if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM defect_codes WHERE tenant_id = nx_require_tenant() AND code = $1)`, in.ReasonCode).Scan(&known); err != nil {
 			return fmt.Errorf("check reason code: %w", err)
 		}
 		if !known {
@@ -211,7 +211,7 @@ func (s *Service) UpdateNonconformance(ctx context.Context, ref string, in NCUpd
 		_, err = tx.Exec(ctx, `UPDATE nonconformances SET
 				status = $2, disposition = coalesce($3, disposition), description = coalesce($4, description),
 				closed_at = CASE WHEN $2 = 'closed' THEN coalesce(closed_at, now()) END, updated_at = now()
-			WHERE id = $1`, cur.ID, in.Status, in.Disposition, in.Description)
+			WHERE tenant_id = nx_require_tenant() AND id = $1`, cur.ID, in.Status, in.Disposition, in.Description)
 		if err != nil {
 			return tenants.StoreError(err, "nonconformance")
 		}

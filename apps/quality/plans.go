@@ -164,11 +164,11 @@ func (s *Service) UpdatePlan(ctx context.Context, ref string, in PlanInput) (Pla
 		active := in.Active == nil || *in.Active
 		_, err = tx.Exec(ctx, `
 			UPDATE inspection_plans SET code = $2, name = $3, product = $4, grade_code = nullif($5, ''), active = $6, updated_at = now()
-			WHERE id = $1`, cur.ID, in.Code, in.Name, in.Product, in.Grade, active)
+			WHERE tenant_id = nx_require_tenant() AND id = $1`, cur.ID, in.Code, in.Name, in.Product, in.Grade, active)
 		if err != nil {
 			return planStoreError(err)
 		}
-		if _, err := tx.Exec(ctx, `DELETE FROM inspection_plan_characteristics WHERE plan_id = $1`, cur.ID); err != nil {
+		if _, err := tx.Exec(ctx, `DELETE FROM inspection_plan_characteristics WHERE tenant_id = nx_require_tenant() AND plan_id = $1`, cur.ID); err != nil {
 			return fmt.Errorf("replace plan characteristics: %w", err)
 		}
 		if err := insertPlanCharacteristics(ctx, tx, cur.ID, in.Characteristics); err != nil {
@@ -190,7 +190,7 @@ func (s *Service) checkPlan(ctx context.Context, tx pgx.Tx, in *PlanInput) error
 	}
 	if in.Grade != "" {
 		var ok bool
-		if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM grades WHERE code = $1)`, in.Grade).Scan(&ok); err != nil {
+		if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM grades WHERE tenant_id = nx_require_tenant() AND code = $1)`, in.Grade).Scan(&ok); err != nil {
 			return fmt.Errorf("check grade: %w", err)
 		}
 		if !ok {
@@ -237,7 +237,7 @@ func (s *Service) Plan(ctx context.Context, ref string) (Plan, error) {
 func (s *Service) Plans(ctx context.Context) ([]Plan, error) {
 	var out []Plan
 	err := tenants.InTx(ctx, s.db.App, func(tx pgx.Tx) error {
-		rows, err := tx.Query(ctx, `SELECT id FROM inspection_plans ORDER BY code`)
+		rows, err := tx.Query(ctx, `SELECT id FROM inspection_plans WHERE tenant_id = nx_require_tenant() ORDER BY code`)
 		if err != nil {
 			return fmt.Errorf("list plans: %w", err)
 		}
@@ -261,11 +261,11 @@ func (s *Service) Plans(ctx context.Context) ([]Plan, error) {
 func planByID(ctx context.Context, q tenants.Querier, ref string) (Plan, error) {
 	var p Plan
 	var grade *string
-	sql := `SELECT id, code, name, product, grade_code, active, created_at, updated_at FROM inspection_plans WHERE code = $1`
+	sql := `SELECT id, code, name, product, grade_code, active, created_at, updated_at FROM inspection_plans WHERE tenant_id = nx_require_tenant() AND code = $1`
 	args := []any{ref}
 	if id, err := uuid.Parse(ref); err == nil {
 		sql = `SELECT id, code, name, product, grade_code, active, created_at, updated_at FROM inspection_plans
-			WHERE id = $1 OR code = $2 ORDER BY id = $1 DESC LIMIT 1`
+			WHERE tenant_id = nx_require_tenant() AND (id = $1 OR code = $2) ORDER BY id = $1 DESC LIMIT 1`
 		args = []any{id, ref}
 	}
 	err := q.QueryRow(ctx, sql, args...).Scan(&p.ID, &p.Code, &p.Name, &p.Product, &grade, &p.Active, &p.CreatedAt, &p.UpdatedAt)
@@ -282,7 +282,7 @@ func planByID(ctx context.Context, q tenants.Querier, ref string) (Plan, error) 
 func planCharacteristics(ctx context.Context, q tenants.Querier, plan uuid.UUID) ([]PlanCharacteristic, error) {
 	rows, err := q.Query(ctx, `
 		SELECT characteristic, lsl, usl, target, sample_size, subgroup_size, frequency, frequency_every
-		FROM inspection_plan_characteristics WHERE plan_id = $1 ORDER BY position, characteristic`, plan)
+		FROM inspection_plan_characteristics WHERE tenant_id = nx_require_tenant() AND plan_id = $1 ORDER BY position, characteristic`, plan)
 	if err != nil {
 		return nil, fmt.Errorf("plan characteristics: %w", err)
 	}
@@ -305,7 +305,7 @@ func planForLot(ctx context.Context, q tenants.Querier, l Lot) (p Plan, ok bool,
 	var id uuid.UUID
 	err = q.QueryRow(ctx, `
 		SELECT id FROM inspection_plans
-		WHERE active AND (product = '' OR product = $1) AND (grade_code IS NULL OR grade_code = $2)
+		WHERE tenant_id = nx_require_tenant() AND active AND (product = '' OR product = $1) AND (grade_code IS NULL OR grade_code = $2)
 		ORDER BY grade_code IS NOT NULL DESC, product <> '' DESC LIMIT 1`, l.Product, l.Grade).Scan(&id)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return Plan{}, false, nil

@@ -50,10 +50,10 @@ type Lot struct {
 // results are numbered one writer at a time) without keeping other
 // transactions from inserting rows that refer to it. Errors: not_found.
 func lotByRef(ctx context.Context, q tenants.Querier, ref string, lock bool) (Lot, error) {
-	sql := `SELECT id, code, product, grade_code, line_id FROM lots WHERE code = $1`
+	sql := `SELECT id, code, product, grade_code, line_id FROM lots WHERE tenant_id = nx_require_tenant() AND code = $1`
 	args := []any{ref}
 	if id, err := uuid.Parse(ref); err == nil {
-		sql = `SELECT id, code, product, grade_code, line_id FROM lots WHERE id = $1 OR code = $2
+		sql = `SELECT id, code, product, grade_code, line_id FROM lots WHERE tenant_id = nx_require_tenant() AND (id = $1 OR code = $2)
 			ORDER BY id = $1 DESC LIMIT 1`
 		args = []any{id, ref}
 	}

@@ -148,9 +148,9 @@ func (s *Service) checkResult(ctx context.Context, q tenants.Querier, chars map[
 
 func deviceByRef(ctx context.Context, q tenants.Querier, ref string) (uuid.UUID, error) {
 	var id uuid.UUID
-	sql, arg := `SELECT id FROM devices WHERE key = $1`, any(ref)
+	sql, arg := `SELECT id FROM devices WHERE tenant_id = nx_require_tenant() AND key = $1`, any(ref)
 	if u, err := uuid.Parse(ref); err == nil {
-		sql, arg = `SELECT id FROM devices WHERE id = $1`, u
+		sql, arg = `SELECT id FROM devices WHERE tenant_id = nx_require_tenant() AND id = $1`, u
 	}
 	err := q.QueryRow(ctx, sql, arg).Scan(&id)
 	return id, tenants.StoreError(err, "device")
@@ -160,7 +160,7 @@ func deviceByRef(ctx context.Context, q tenants.Querier, ref string) (uuid.UUID,
 // caller) and returns them.
 func (s *Service) store(ctx context.Context, tx pgx.Tx, l Lot, rows []pendingResult, source string, eventID *int64) ([]Result, error) {
 	next := map[string]int{}
-	r, err := tx.Query(ctx, `SELECT characteristic, max(sample) FROM inspection_results WHERE lot_id = $1 GROUP BY characteristic`, l.ID)
+	r, err := tx.Query(ctx, `SELECT characteristic, max(sample) FROM inspection_results WHERE tenant_id = nx_require_tenant() AND lot_id = $1 GROUP BY characteristic`, l.ID)
 	if err != nil {
 		return nil, fmt.Errorf("number results: %w", err)
 	}
@@ -239,7 +239,7 @@ func refreshSeries(ctx context.Context, tx pgx.Tx, lot uuid.UUID, keys []string)
 		INSERT INTO inspection_series (tenant_id, lot_id, characteristic, first_at, subgroup_list, value_list)
 		SELECT nx_tenant(), lot_id, characteristic, min(measured_at),
 			array_agg(subgroup ORDER BY subgroup, sample), array_agg(value ORDER BY subgroup, sample)
-		FROM inspection_results WHERE lot_id = $1 AND characteristic = ANY($2)
+		FROM inspection_results WHERE tenant_id = nx_require_tenant() AND lot_id = $1 AND characteristic = ANY($2)
 		GROUP BY lot_id, characteristic
 		ON CONFLICT (lot_id, characteristic) DO UPDATE SET first_at = EXCLUDED.first_at,
 			subgroup_list = EXCLUDED.subgroup_list, value_list = EXCLUDED.value_list`, lot, keys)
@@ -281,7 +281,7 @@ func (s *Service) Results(ctx context.Context, lotRef string) ([]Result, error) 
 			return err
 		}
 		rows, err := tx.Query(ctx, `SELECT id, lot_id, characteristic, value, sample, subgroup, measured_at, source, device_id, created_by
-			FROM inspection_results WHERE lot_id = $1 ORDER BY characteristic, sample`, l.ID)
+			FROM inspection_results WHERE tenant_id = nx_require_tenant() AND lot_id = $1 ORDER BY characteristic, sample`, l.ID)
 		if err != nil {
 			return fmt.Errorf("results: %w", err)
 		}

@@ -183,9 +183,9 @@ func (s *Service) SPC(ctx context.Context, q SPCQuery) (SPCResult, error) {
 
 func lineByRef(ctx context.Context, q tenants.Querier, ref string) (uuid.UUID, error) {
 	var id uuid.UUID
-	sql, arg := `SELECT id FROM lines WHERE key = $1`, any(ref)
+	sql, arg := `SELECT id FROM lines WHERE tenant_id = nx_require_tenant() AND key = $1`, any(ref)
 	if u, err := uuid.Parse(ref); err == nil {
-		sql, arg = `SELECT id FROM lines WHERE id = $1`, u
+		sql, arg = `SELECT id FROM lines WHERE tenant_id = nx_require_tenant() AND id = $1`, u
 	}
 	if err := q.QueryRow(ctx, sql, arg).Scan(&id); err != nil {
 		return id, tenants.StoreError(err, fmt.Sprintf("line %q", clip(ref, 64)))
@@ -199,7 +199,7 @@ func specAndN(ctx context.Context, tx pgx.Tx, q *SPCQuery) (lsl, usl *float64, s
 	n = defaultSPCN
 	var specs map[string]tenants.Spec
 	if q.Grade != "" {
-		err = tx.QueryRow(ctx, `SELECT specs FROM grades WHERE code = $1`, q.Grade).Scan(&specs)
+		err = tx.QueryRow(ctx, `SELECT specs FROM grades WHERE tenant_id = nx_require_tenant() AND code = $1`, q.Grade).Scan(&specs)
 		if err != nil {
 			return nil, nil, "", 0, tenants.StoreError(err, fmt.Sprintf("grade %q", clip(q.Grade, 64)))
 		}
@@ -256,10 +256,10 @@ func (d *spcData) keep(m pointMeta) {
 // values cost a few thousand rows and no per-value allocation.
 func fetchSPC(ctx context.Context, tx pgx.Tx, q SPCQuery, lineID *uuid.UUID) (*spcData, error) {
 	sql := `SELECT s.lot_id, s.first_at, s.subgroup_list, s.value_list FROM inspection_series s
-		WHERE s.tenant_id = nx_tenant() AND s.characteristic = $1 AND s.first_at >= $2 AND s.first_at < $3`
+		WHERE s.tenant_id = nx_require_tenant() AND s.characteristic = $1 AND s.first_at >= $2 AND s.first_at < $3`
 	args := []any{q.Characteristic, lowTime(q.From), highTime(q.To)}
 	if q.Product != "" || q.Grade != "" || lineID != nil {
-		sql += ` AND s.lot_id IN (SELECT id FROM lots WHERE ($4 = '' OR product = $4) AND ($5 = '' OR grade_code = $5)
+		sql += ` AND s.lot_id IN (SELECT id FROM lots WHERE tenant_id = nx_require_tenant() AND ($4 = '' OR product = $4) AND ($5 = '' OR grade_code = $5)
 			AND ($6::uuid IS NULL OR line_id = $6))`
 		args = append(args, q.Product, q.Grade, lineID)
 	}
@@ -431,7 +431,7 @@ func lotCodes(ctx context.Context, tx pgx.Tx, pts []SPCPoint) error {
 			ids = append(ids, p.LotID)
 		}
 	}
-	rows, err := tx.Query(ctx, `SELECT id, code FROM lots WHERE id = ANY($1)`, ids)
+	rows, err := tx.Query(ctx, `SELECT id, code FROM lots WHERE tenant_id = nx_require_tenant() AND id = ANY($1)`, ids)
 	if err != nil {
 		return fmt.Errorf("lot codes: %w", err)
 	}
