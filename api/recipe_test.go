@@ -116,6 +116,12 @@ func TestRecipeAPI(t *testing.T) {
 	wantProblem(t, "acknowledge twice", s.do(t, "POST", "/api/v1/recipe-deviations/"+f.deviation.ID.String()+"/acknowledge", key, `{"note":""}`), 409, "conflict", "")
 	wantProblem(t, "unknown deviation", s.do(t, "GET", "/api/v1/recipe-deviations/nope", key, ""), 404, "not_found", "")
 
+	// The sector's recipe parameter sets, with A's models.
+	sets := decode[struct{ Items []recipe.ParameterSet }](t, "parameter sets", s.do(t, "GET", "/api/v1/recipe-parameter-sets", key, ""), http.StatusOK)
+	if len(sets.Items) < 6 || sets.Items[0].ModelID.String() == "" {
+		t.Errorf("parameter sets: %+v", sets.Items)
+	}
+
 	// The lot's trace carries its deviations.
 	tr := s.do(t, "GET", "/api/v1/lots/"+f.lot+"/trace", key, "")
 	if tr.status != http.StatusOK || !strings.Contains(string(tr.body), `"deviations":[{"id":"`+f.deviation.ID.String()+`"`) {
@@ -196,6 +202,7 @@ func TestRecipeSchemasMatchGoTypes(t *testing.T) {
 		"RecipeAcknowledgeInput": {recipe.AcknowledgeInput{}, false}, "RecipeParameterChange": {recipe.ParameterChange{}, true},
 		"RecipeIngredientChange": {recipe.IngredientChange{}, true}, "RecipeParameterDiff": {recipe.ParameterDiff{}, true},
 		"RecipeIngredientDiff": {recipe.IngredientDiff{}, true}, "RecipeDiff": {recipe.Diff{}, true},
+		"RecipeParameterSet": {recipe.ParameterSet{}, true},
 	} {
 		schema := obj(schemas[name])
 		if schema == nil {

@@ -28,6 +28,10 @@ type Template struct {
 	// Grades with their spec limits per characteristic key; a higher Rank is a
 	// better grade within a Family.
 	Grades []Grade `json:"grades"`
+	// RecipeParameterSets are the sector's standard process parameters per
+	// kind of equipment and step: starting values a recipe copies and adjusts
+	// (apps/recipe serves them to the enterprises of the sector).
+	RecipeParameterSets []RecipeParameterSet `json:"recipe_parameter_sets,omitempty"`
 	// KPIs the sector measures (for benchmarks).
 	KPIs []KPI `json:"kpis"`
 	// Demo describes the demo enterprise `nxcloud demo` seeds for this sector.
@@ -91,6 +95,24 @@ type Grade struct {
 	Family string          `json:"family"`
 	Rank   int             `json:"rank"`
 	Specs  map[string]Spec `json:"specs"`
+}
+
+// RecipeParameterSet is a set of process parameters for one device model.
+type RecipeParameterSet struct {
+	Key        string                    `json:"key"`
+	Name       string                    `json:"name"`
+	Model      string                    `json:"model"`
+	Parameters []RecipeParameterTemplate `json:"parameters"`
+}
+
+// RecipeParameterTemplate is one parameter of a set: a metric of the set's
+// model with a setpoint within [lower, upper].
+type RecipeParameterTemplate struct {
+	Metric   string  `json:"metric"`
+	Setpoint float64 `json:"setpoint"`
+	Lower    float64 `json:"lower"`
+	Upper    float64 `json:"upper"`
+	Step     string  `json:"step,omitempty"`
 }
 
 // KPI is a key performance indicator the sector measures.
@@ -203,6 +225,7 @@ func (t *Template) Validate() error {
 			}
 		}
 	}
+	t.validateParameterSets(bad)
 	chars := map[string]bool{}
 	for _, c := range t.Characteristics {
 		if !keyRE.MatchString(c.Key) || chars[c.Key] {
@@ -268,4 +291,41 @@ func (t *Template) Validate() error {
 		return fmt.Errorf("invalid template: %s", strings.Join(errs, "; "))
 	}
 	return nil
+}
+
+// validateParameterSets checks that each recipe parameter set names a model
+// and metrics of the template, with setpoint within [lower, upper] and the
+// metric's valid range.
+func (t *Template) validateParameterSets(bad func(string, ...any)) {
+	metrics := map[string]MetricTemplate{}
+	for _, m := range t.DeviceModels {
+		for _, x := range m.Metrics {
+			metrics[m.Key+"/"+x.Key] = x
+		}
+	}
+	keys := map[string]bool{}
+	for _, set := range t.RecipeParameterSets {
+		if !keyRE.MatchString(set.Key) || keys[set.Key] {
+			bad("recipe parameter set %q: missing, malformed or duplicate key", set.Key)
+		}
+		keys[set.Key] = true
+		if len(set.Parameters) == 0 {
+			bad("recipe parameter set %q has no parameters", set.Key)
+		}
+		seen := map[string]bool{}
+		for _, p := range set.Parameters {
+			m, ok := metrics[set.Model+"/"+p.Metric]
+			switch {
+			case !ok:
+				bad("recipe parameter set %q: model %q has no metric %q", set.Key, set.Model, p.Metric)
+			case seen[p.Metric]:
+				bad("recipe parameter set %q: metric %q twice", set.Key, p.Metric)
+			case !(p.Lower <= p.Setpoint && p.Setpoint <= p.Upper):
+				bad("recipe parameter set %q metric %q: want lower <= setpoint <= upper", set.Key, p.Metric)
+			case (m.Min != nil && p.Setpoint < *m.Min) || (m.Max != nil && p.Setpoint > *m.Max):
+				bad("recipe parameter set %q metric %q: setpoint outside the metric's valid range", set.Key, p.Metric)
+			}
+			seen[p.Metric] = true
+		}
+	}
 }

@@ -35,6 +35,7 @@ func (h *Handler) Register(g *echo.Group, r *tenants.Routes) {
 	r.Add(g, http.MethodPost, "/recipes/:recipe/versions/:version/release", tenants.PermRecipesApprove, h.release)
 	r.Add(g, http.MethodPost, "/recipes/:recipe/versions/:version/retire", tenants.PermRecipesApprove, h.retire)
 	r.Add(g, http.MethodPost, "/recipes/:recipe/versions/:version/downloads", tenants.PermRecipesApprove, h.download)
+	r.Add(g, http.MethodGet, "/recipe-parameter-sets", tenants.PermRecipesRead, h.parameterSets)
 	r.Add(g, http.MethodGet, "/recipe-downloads", tenants.PermRecipesRead, h.downloads)
 	r.Add(g, http.MethodGet, "/recipe-downloads/:download", tenants.PermRecipesRead, h.getDownload)
 	r.Add(g, http.MethodGet, "/recipe-equipment", tenants.PermRecipesRead, h.equipment)
@@ -165,6 +166,11 @@ func (h *Handler) download(c echo.Context) error {
 		return err
 	}
 	return c.JSON(http.StatusCreated, map[string]any{"items": out})
+}
+
+func (h *Handler) parameterSets(c echo.Context) error {
+	out, err := h.svc.ParameterSets(c.Request().Context())
+	return items(c, out, err)
 }
 
 func (h *Handler) downloads(c echo.Context) error {

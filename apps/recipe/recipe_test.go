@@ -2,6 +2,7 @@ package recipe_test
 
 import (
 	"context"
+	"strings"
 	"testing"
 
 	"github.com/google/uuid"
@@ -203,3 +204,50 @@ func TestWorkflow(t *testing.T) {
 type nopDownlink struct{}
 
 func (nopDownlink) Publish(string, []byte, bool, byte) error { return nil }
+
+// TestParameterSets: the sector template's recipe parameter sets, with the
+// enterprise's models and units, make a valid recipe as they are; a template
+// with a set naming an unknown metric or crossed limits does not load.
+func TestParameterSets(t *testing.T) {
+	env := tenanttest.New(t)
+	tn := env.NewTenant(t)
+	svc := recipe.NewService(&env.DB, nopDownlink{}, nil)
+	ctx := as(tn, uuid.New(), "alice")
+	sets, err := svc.ParameterSets(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var in []recipe.ParameterInput
+	for _, s := range sets {
+		if s.Key == "ndfeb-sintering" {
+			if s.Model != "sintering-furnace" || len(s.Parameters) != 5 || s.Parameters[0].Unit != "°C" || s.ModelID == uuid.Nil {
+				t.Fatalf("set %+v", s)
+			}
+			for _, p := range s.Parameters {
+				in = append(in, recipe.ParameterInput{Model: p.Model, Metric: p.Metric, Setpoint: ptr(p.Setpoint), Lower: ptr(p.Lower), Upper: ptr(p.Upper), Unit: p.Unit, Step: p.Step})
+			}
+		}
+	}
+	if len(sets) < 6 || in == nil {
+		t.Fatalf("sets %+v", sets)
+	}
+	if _, err := svc.CreateRecipe(ctx, recipe.RecipeInput{Code: "R-SET", Name: "from the template", Grade: "N42", Parameters: in}); err != nil {
+		t.Fatal(err)
+	}
+
+	tpl, err := tenants.Templates()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, bad := range []tenants.RecipeParameterTemplate{
+		{Metric: "zone9_temp", Setpoint: 1, Lower: 0, Upper: 2},
+		{Metric: "zone1_temp", Setpoint: 1070, Lower: 1090, Upper: 1050},
+	} {
+		x := *tpl["magnetic-materials"]
+		x.RecipeParameterSets = []tenants.RecipeParameterSet{{Key: "bad", Name: "bad", Model: "sintering-furnace",
+			Parameters: []tenants.RecipeParameterTemplate{bad}}}
+		if err := x.Validate(); err == nil || !strings.Contains(err.Error(), "recipe parameter set") {
+			t.Errorf("template with %+v: %v", bad, err)
+		}
+	}
+}
