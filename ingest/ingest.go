@@ -15,8 +15,8 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
-	"golang.org/x/sync/semaphore"
 
 	"github.com/nxcloud/nxcloud/broker"
 	"github.com/nxcloud/nxcloud/tenants"
@@ -30,18 +30,23 @@ type Config struct {
 	FlushInterval time.Duration
 	// Writers is the number of concurrent writers (database connections).
 	Writers int
-	// MaxQueuedPoints bounds the points accepted but not yet committed: the
-	// pipeline's memory. Beyond it QoS 1 publishes wait (back-pressure) and QoS 0
-	// ones are dropped and counted.
-	MaxQueuedPoints int
-	// EnqueueTimeout is how long a QoS 1 publish may wait for room before it is
-	// refused (the broker then withholds the PUBACK and the device re-sends).
+	// Spool is where accepted messages wait for their commit (see spool.go):
+	// with a directory, a QoS 1 message is acknowledged once it is fsynced
+	// there; without one, once its rows are committed.
+	Spool SpoolConfig
+	// EnqueueTimeout is how long a QoS 1 publish may wait for room in the
+	// spool before it is refused (the broker then withholds the PUBACK and
+	// the device re-sends).
 	EnqueueTimeout time.Duration
 	// Limits bound each payload.
 	Limits Limits
 	// RecordInvalidations makes writers log the time range of each batch for the
 	// rollup job (plain-PostgreSQL storage; TimescaleDB tracks this itself).
 	RecordInvalidations bool
+	// OnStored, when set, is called inside each batch's transaction with what
+	// it stored per device (metering counts units in the transaction that
+	// makes them durable). An error rolls the batch back; it is retried.
+	OnStored func(ctx context.Context, tx pgx.Tx, usage []Usage) error
 	// OnCommit, when set, is called by a writer after each committed batch.
 	OnCommit func(committedAt time.Time, batch []Item)
 	Logger   *slog.Logger
@@ -57,9 +62,6 @@ func (c *Config) defaults() {
 	if c.Writers <= 0 {
 		c.Writers = 3
 	}
-	if c.MaxQueuedPoints <= 0 {
-		c.MaxQueuedPoints = 500000
-	}
 	if c.EnqueueTimeout <= 0 {
 		c.EnqueueTimeout = 10 * time.Second
 	}
@@ -68,6 +70,9 @@ func (c *Config) defaults() {
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.Spool.Logger == nil {
+		c.Spool.Logger = c.Logger
 	}
 }
 
@@ -85,44 +90,54 @@ type Item struct {
 }
 
 // Pipeline is the ingest path. It implements broker.Sink and broker.Presence.
+//
+// A publish is appended to the spool (Handle); for QoS 1 Handle returns, and
+// the broker acknowledges, once the record is durable. One reader takes
+// records from the spool in order, decodes and validates them into batches,
+// and the writers store each batch in one transaction (telemetry, events,
+// dead letters, metering); then the records are marked committed and the
+// spool frees their segment.
 type Pipeline struct {
 	cfg     Config
 	pool    *pgxpool.Pool
 	schemas *schemaCache
 	hot     *Hot
 	log     *slog.Logger
+	spool   *Spool
 
-	room   *semaphore.Weighted
-	items  chan Item
-	dead   chan DeadLetter
-	events chan event
+	batches chan batch
 
-	// mu guards closing and the channels: senders hold it shared, Close
-	// exclusively, so nothing is sent on a closed channel.
+	// mu guards closing: Handle holds it shared, Close exclusively.
 	mu       sync.RWMutex
 	closing  bool
 	stopOnce sync.Once
-	wg       sync.WaitGroup // telemetry and event writers
-	deadWG   sync.WaitGroup // the dead-letter writer, stopped last
+	wg       sync.WaitGroup // reader and writers
 	closed   chan struct{}
-	// stop is closed first by Close, so a Handle blocked on a full queue lets
-	// go of mu and Close can take it.
-	stop  chan struct{}
-	stats Stats
+	// stop is closed by Close: the reader returns what the spool holds and
+	// stops; abort is closed when Close's deadline passes: writers stop
+	// retrying (records stay in the spool for the next start).
+	stop      chan struct{}
+	abort     chan struct{}
+	abortOnce sync.Once
+	stats     Stats
 }
 
 // Stats are the pipeline's counters since start.
 type Stats struct {
 	Messages        atomic.Int64
-	PointsAccepted  atomic.Int64
 	PointsCommitted atomic.Int64
+	// PointsDuplicate counts points not stored because the same device,
+	// metric and ts was already stored (a re-sent or replayed message).
+	PointsDuplicate atomic.Int64
 	PointsRejected  atomic.Int64
-	PointsDropped   atomic.Int64
-	DeadLetters     atomic.Int64
-	DeadDropped     atomic.Int64
-	Batches         atomic.Int64
-	WriteErrors     atomic.Int64
-	Queued          atomic.Int64
+	// PointsDropped counts QoS 0 messages dropped (the spool was full).
+	PointsDropped atomic.Int64
+	DeadLetters   atomic.Int64
+	Batches       atomic.Int64
+	WriteErrors   atomic.Int64
+	// Refused counts QoS 1 messages refused (no room before the deadline, or
+	// shutting down): not acknowledged, so the device sends them again.
+	Refused atomic.Int64
 }
 
 // maxDeadPerMessage bounds the dead letters one message can produce.
@@ -133,143 +148,107 @@ const maxDeadPerMessage = 20
 var ErrOverloaded = errors.New("ingest: overloaded, retry later")
 
 // New returns a pipeline writing to pool (a connection that bypasses RLS:
-// batches mix tenants). hot may be nil.
-func New(cfg Config, pool *pgxpool.Pool, schemas SchemaSource, hot *Hot) *Pipeline {
+// batches mix tenants), with its spool opened (replaying what a previous run
+// left). hot may be nil.
+func New(cfg Config, pool *pgxpool.Pool, schemas SchemaSource, hot *Hot) (*Pipeline, error) {
 	cfg.defaults()
+	spool, err := OpenSpool(cfg.Spool)
+	if err != nil {
+		return nil, err
+	}
 	return &Pipeline{
 		cfg:     cfg,
 		pool:    pool,
 		schemas: newSchemaCache(schemas, 30*time.Second),
 		hot:     hot,
 		log:     cfg.Logger,
-		room:    semaphore.NewWeighted(int64(cfg.MaxQueuedPoints)),
-		items:   make(chan Item, 4096),
-		dead:    make(chan DeadLetter, 4096),
-		events:  make(chan event, 4096),
+		spool:   spool,
+		batches: make(chan batch, cfg.Writers),
 		closed:  make(chan struct{}),
 		stop:    make(chan struct{}),
-	}
+		abort:   make(chan struct{}),
+	}, nil
 }
 
 // Stats returns the live counters.
 func (p *Pipeline) Stats() *Stats { return &p.stats }
 
-// Start launches the writers. They run until Close.
+// Spool returns the state of the spool (backlog, budget, durability).
+func (p *Pipeline) Spool() SpoolStats { return p.spool.Stats() }
+
+// Start launches the reader and the writers. They run until Close.
 func (p *Pipeline) Start() {
+	p.wg.Add(1)
+	go func() { defer p.wg.Done(); p.readLoop() }()
 	for i := 0; i < p.cfg.Writers; i++ {
 		p.wg.Add(1)
 		go func() { defer p.wg.Done(); p.writeLoop() }()
 	}
-	p.wg.Add(1)
-	go func() { defer p.wg.Done(); p.eventLoop() }()
-	p.deadWG.Add(1)
-	go func() { defer p.deadWG.Done(); p.deadLoop() }()
 }
 
-// Close stops accepting, writes what is queued (waiting at most until ctx is
-// done) and stops the writers. Call it after the broker stopped.
+// Close stops accepting, writes what the spool holds while ctx allows, and
+// stops. Records not committed by then stay in the spool for the next start
+// (memory mode: their publishers were never acknowledged). Call it after the
+// broker stopped.
 func (p *Pipeline) Close(ctx context.Context) error {
-	done := make(chan struct{})
 	p.stopOnce.Do(func() {
-		close(p.stop)
 		p.mu.Lock()
 		p.closing = true
-		close(p.items)
-		close(p.events)
 		p.mu.Unlock()
-		go func() {
-			// The telemetry and event writers may still produce dead letters.
-			p.wg.Wait()
-			close(p.dead)
-			p.deadWG.Wait()
-			close(p.closed)
-		}()
+		_ = p.spool.Close()
+		close(p.stop)
+		go func() { p.wg.Wait(); close(p.closed) }()
 	})
-	go func() { <-p.closed; close(done) }()
 	select {
-	case <-done:
+	case <-p.closed:
 		return nil
 	case <-ctx.Done():
-		return fmt.Errorf("ingest: %d points not written before shutdown deadline: %w", p.stats.Queued.Load(), ctx.Err())
+		p.abortOnce.Do(func() { close(p.abort) })
+		<-p.closed
+		st := p.spool.Stats()
+		return fmt.Errorf("ingest: %d records not written before the shutdown deadline (kept in the spool: %v): %w",
+			st.Pending, st.Durable, ctx.Err())
 	}
 }
 
-// Handle implements broker.Sink: it decodes and validates the message, queues
-// the accepted points and the rejections, and returns without waiting for the
-// database. For QoS ≥ 1 it waits for room (back-pressure) up to the enqueue
-// timeout; QoS 0 messages that find no room are dropped and counted.
+// Handle implements broker.Sink: it appends the message to the spool. For
+// QoS ≥ 1 it returns once the message is durable (fsynced in the spool, or
+// committed in memory mode), waiting for room up to the enqueue timeout
+// (back-pressure); ErrOverloaded means not accepted, and the broker withholds
+// the acknowledgement. QoS 0 messages that find no room are dropped and
+// counted. Decoding and validation happen in the writers.
 func (p *Pipeline) Handle(ctx context.Context, m broker.Message) error {
 	p.stats.Messages.Add(1)
 	switch m.Topic.Kind {
-	case "telemetry":
-		return p.handleTelemetry(ctx, m)
-	case "events", "state", "cmd_reply":
-		p.handleEvent(m)
+	case broker.KindTelemetry, broker.KindEvents, broker.KindState, broker.KindCmdReply:
+	default:
 		return nil
 	}
-	return nil
-}
-
-func (p *Pipeline) handleTelemetry(ctx context.Context, m broker.Message) error {
-	id := m.Identity
-	schema, err := p.schemas.get(ctx, id.ModelID)
-	if err != nil {
-		// The database is unreachable: refuse so the device re-sends.
-		p.log.Warn("ingest: device model lookup failed", "device", id.DeviceKey, "err", err)
+	p.mu.RLock()
+	closing := p.closing
+	p.mu.RUnlock()
+	if closing {
 		if m.QoS > 0 {
+			p.stats.Refused.Add(1)
 			return ErrOverloaded
 		}
 		p.stats.PointsDropped.Add(1)
 		return nil
 	}
-	points, rejects := Decode(m.Payload, schema, m.Received, p.cfg.Limits, nil)
-	p.stats.PointsRejected.Add(int64(len(rejects)))
-	if len(rejects) > maxDeadPerMessage {
-		// A hostile payload can hold a hundred thousand bad parts: keep the first
-		// ones and say how many more there were, in one more row.
-		more := len(rejects) - (maxDeadPerMessage - 1)
-		last := rejects[maxDeadPerMessage-1]
-		rejects = append(rejects[:maxDeadPerMessage-1:maxDeadPerMessage-1], Rejection{Reason: last.Reason,
-			Detail: fmt.Sprintf("%s; and %d more rejected parts in this message", last.Detail, more-1)})
-	}
-	for _, r := range rejects {
-		p.deadLetter(id, m, r)
-	}
-	if len(points) == 0 {
-		return nil
-	}
-	n := int64(len(points))
-	if m.QoS == 0 {
-		if !p.room.TryAcquire(n) {
-			p.stats.PointsDropped.Add(n)
-			return nil
-		}
-	} else {
-		wctx, cancel := context.WithTimeout(ctx, p.cfg.EnqueueTimeout)
-		err := p.room.Acquire(wctx, n)
-		cancel()
-		if err != nil {
+	err := p.spool.Append(encodeRecord(m), m.QoS > 0, time.Now().Add(p.cfg.EnqueueTimeout))
+	if err != nil {
+		if m.QoS > 0 {
+			p.stats.Refused.Add(1)
+			if !errors.Is(err, ErrSpoolFull) && !errors.Is(err, errSpoolClosed) {
+				p.log.Error("ingest: spool append failed", "device", m.Identity.DeviceKey, "err", err)
+			}
 			return ErrOverloaded
 		}
-	}
-	p.mu.RLock()
-	defer p.mu.RUnlock()
-	if p.closing {
-		p.room.Release(n)
-		return ErrOverloaded
-	}
-	p.stats.PointsAccepted.Add(n)
-	p.stats.Queued.Add(n)
-	select {
-	case p.items <- Item{Tenant: id.TenantID, Device: id.DeviceID, Received: m.Received, Points: points}:
-	case <-p.stop:
-		p.stats.PointsAccepted.Add(-n)
-		p.stats.Queued.Add(-n)
-		p.room.Release(n)
-		return ErrOverloaded
+		p.stats.PointsDropped.Add(1)
+		return nil
 	}
 	if p.hot != nil {
-		p.hot.Seen(id.TenantID, id.DeviceID, m.Received)
+		p.hot.Seen(m.Identity.TenantID, m.Identity.DeviceID, m.Received)
 	}
 	return nil
 }

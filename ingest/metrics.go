@@ -30,10 +30,15 @@ func (p *Pipeline) Collectors() []prometheus.Collector {
 	}
 	return []prometheus.Collector{
 		metricPointsCommitted, metricRejected, metricWriteErrors, metricBatchSeconds, metricCommitLatency, metricHotErrors,
-		gauge("nxcloud_ingest_queued_points", "Points accepted and not yet committed.", func() float64 { return float64(p.stats.Queued.Load()) }),
+		gauge("nxcloud_ingest_spool_records", "Messages accepted (in the spool) and not yet committed.", func() float64 { return float64(p.spool.Stats().Pending) }),
+		gauge("nxcloud_ingest_spool_bytes", "Bytes the spool holds (on disk, or in memory without a spool directory).", func() float64 { return float64(p.spool.Stats().Bytes) }),
+		gauge("nxcloud_ingest_spool_budget_bytes", "The spool's budget: beyond it QoS 1 publishes wait and QoS 0 ones are dropped.", func() float64 { return float64(p.spool.Stats().Budget) }),
+		counter("nxcloud_ingest_spool_fsyncs_total", "Group fsyncs of the spool.", func() float64 { return float64(p.spool.Fsyncs.Load()) }),
+		counter("nxcloud_ingest_spool_fsync_seconds_total", "Time spent in spool writes and fsyncs.", func() float64 { return float64(p.spool.FsyncNanos.Load()) / 1e9 }),
+		counter("nxcloud_ingest_points_duplicate_total", "Points not stored again: the same device, metric and ts was already stored.", func() float64 { return float64(p.stats.PointsDuplicate.Load()) }),
+		counter("nxcloud_ingest_refused_total", "QoS 1 messages refused (not acknowledged) for lack of room or at shutdown.", func() float64 { return float64(p.stats.Refused.Load()) }),
 		counter("nxcloud_ingest_messages_total", "Messages handed to ingest.", func() float64 { return float64(p.stats.Messages.Load()) }),
-		counter("nxcloud_ingest_points_dropped_total", "QoS 0 points dropped under overload.", func() float64 { return float64(p.stats.PointsDropped.Load()) }),
+		counter("nxcloud_ingest_qos0_dropped_total", "QoS 0 messages dropped under overload.", func() float64 { return float64(p.stats.PointsDropped.Load()) }),
 		counter("nxcloud_ingest_dead_letters_total", "Dead letters written.", func() float64 { return float64(p.stats.DeadLetters.Load()) }),
-		counter("nxcloud_ingest_dead_letters_dropped_total", "Dead letters dropped because their queue was full.", func() float64 { return float64(p.stats.DeadDropped.Load()) }),
 	}
 }

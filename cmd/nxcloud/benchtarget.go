@@ -74,8 +74,7 @@ func (t *benchTarget) committed(ctx context.Context) int64 {
 // drain waits until everything accepted has been committed.
 func (t *benchTarget) drain(ctx context.Context) {
 	if !t.external {
-		st := t.platform.pipe.Stats()
-		for i := 0; i < 600 && ctx.Err() == nil && st.Queued.Load() > 0; i++ {
+		for i := 0; i < 600 && ctx.Err() == nil && t.platform.pipe.Spool().Pending > 0; i++ {
 			sleepCtx(ctx, 100*time.Millisecond)
 		}
 		return

@@ -31,7 +31,9 @@ type config struct {
 	IngestWriters    int
 	IngestBatch      int
 	IngestFlush      time.Duration
-	IngestQueue      int
+	IngestDurability string
+	IngestSpoolDir   string
+	IngestSpoolBytes int
 	MaxPacket        int
 	AuthCacheTTL     time.Duration
 	MaintainEvery    time.Duration
@@ -100,7 +102,11 @@ func bindConfig(fs *flag.FlagSet, c *config, getenv func(string) string) error {
 	integer(&c.IngestWriters, "ingest-writers", 3, "concurrent ingest writers (database connections)")
 	integer(&c.IngestBatch, "ingest-batch", 10000, "points per ingest batch")
 	dur(&c.IngestFlush, "ingest-flush", 50*time.Millisecond, "longest wait for an ingest batch to fill")
-	integer(&c.IngestQueue, "ingest-queue", 500000, "points accepted but not yet committed before back-pressure")
+	str(&c.IngestDurability, "ingest-durability", "spool",
+		"when a QoS 1 publish is acknowledged: spool (once fsynced in the ingest spool) or commit (once committed in PostgreSQL)")
+	str(&c.IngestSpoolDir, "ingest-spool-dir", ".data/spool", "directory of the ingest spool (durability spool)")
+	integer(&c.IngestSpoolBytes, "ingest-spool-bytes", 1<<30,
+		"budget of the ingest spool in bytes (on disk; in memory with durability commit): beyond it QoS 1 publishes wait and QoS 0 ones are dropped")
 	integer(&c.MaxPacket, "mqtt-max-packet", 2<<20, "largest MQTT packet in bytes")
 	dur(&c.AuthCacheTTL, "auth-cache-ttl", 3*time.Second, "how long credential checks are cached (a disabled device is refused within it)")
 	dur(&c.MaintainEvery, "maintain-every", 30*time.Second, "interval of storage maintenance (partitions, rollups) without TimescaleDB")

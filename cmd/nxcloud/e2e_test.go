@@ -28,6 +28,7 @@ func startTestPlatform(t *testing.T) *platform {
 	_ = bindConfig(fs, &cfg, func(string) string { return "" })
 	cfg.DatabaseURL = os.Getenv("NXCLOUD_TEST_DATABASE_URL")
 	cfg.RedisURL = os.Getenv("NXCLOUD_TEST_REDIS_URL")
+	cfg.IngestSpoolDir = t.TempDir()
 	cfg.HTTPAddr, cfg.MQTTAddr, cfg.MQTTWSAddr = "127.0.0.1:0", "127.0.0.1:0", ""
 	cfg.IngestFlush = 10 * time.Millisecond
 	cfg.AuthCacheTTL = 200 * time.Millisecond
@@ -343,6 +344,7 @@ func TestShutdownFlushesIngest(t *testing.T) {
 	_ = bindConfig(newFlagSet(), &cfg, func(string) string { return "" })
 	cfg.DatabaseURL = os.Getenv("NXCLOUD_TEST_DATABASE_URL")
 	cfg.RedisURL = os.Getenv("NXCLOUD_TEST_REDIS_URL")
+	cfg.IngestSpoolDir = t.TempDir()
 	cfg.HTTPAddr, cfg.MQTTAddr, cfg.MQTTWSAddr = "127.0.0.1:0", "127.0.0.1:0", ""
 	cfg.IngestFlush = time.Hour // nothing is written before shutdown
 	cfg.IngestBatch = 1 << 30

@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -44,6 +45,7 @@ func cmdServe(ctx context.Context, args []string, getenv func(string) string, st
 
 type platformOptions struct {
 	onCommit func(time.Time, []ingest.Item)
+	onStored func(context.Context, pgx.Tx, []ingest.Usage) error
 }
 
 // platform is one running nxcloud: pools, Redis, ingest, broker, HTTP API.
@@ -134,11 +136,22 @@ func startPlatform(ctx context.Context, cfg config, log *slog.Logger, opt platfo
 	}
 	p.tenants.UseRedisGrants(ctx, p.rdb, log)
 	p.hot = ingest.NewHot(p.rdb, 500*time.Millisecond, log)
-	p.pipe = ingest.New(ingest.Config{
+	spool := ingest.SpoolConfig{Dir: cfg.IngestSpoolDir, BudgetBytes: int64(cfg.IngestSpoolBytes)}
+	switch cfg.IngestDurability {
+	case "spool":
+	case "commit":
+		spool.Dir = ""
+	default:
+		return nil, fmt.Errorf("ingest durability %q: want spool or commit (NXCLOUD_INGEST_DURABILITY)", cfg.IngestDurability)
+	}
+	p.pipe, err = ingest.New(ingest.Config{
 		BatchPoints: cfg.IngestBatch, FlushInterval: cfg.IngestFlush, Writers: cfg.IngestWriters,
-		MaxQueuedPoints: cfg.IngestQueue, RecordInvalidations: p.flavor == migrations.FlavorPostgres,
-		OnCommit: opt.onCommit, Logger: log,
+		Spool: spool, RecordInvalidations: p.flavor == migrations.FlavorPostgres,
+		OnStored: opt.onStored, OnCommit: opt.onCommit, Logger: log,
 	}, p.sys, p.tenants, p.hot)
+	if err != nil {
+		return nil, err
+	}
 	p.pipe.Start()
 
 	bgctx, stopBg := context.WithCancel(context.WithoutCancel(ctx))
@@ -211,12 +224,16 @@ func (p *platform) ready(ctx context.Context) (map[string]string, bool) {
 	} else {
 		checks["redis"] = "ok"
 	}
-	st := p.pipe.Stats()
-	queued := st.Queued.Load()
-	checks["ingest_queued_points"] = fmt.Sprint(queued)
-	if queued >= int64(p.cfg.IngestQueue) {
-		checks["ingest"], ok = "saturated (back-pressure on)", false
-	} else {
+	sp := p.pipe.Spool()
+	checks["ingest_backlog"] = fmt.Sprintf("%d messages, %d of %d bytes", sp.Pending, sp.Bytes, sp.Budget)
+	switch {
+	case sp.Broken != "":
+		checks["ingest"], ok = "failed: "+sp.Broken, false
+	case sp.Bytes*10 >= sp.Budget*9:
+		checks["ingest"], ok = "saturated (spool nearly full: back-pressure on)", false
+	case sp.Pending > 0 && checks["database"] != "ok":
+		checks["ingest"] = "spooling (the database is away; acknowledged messages wait in the spool)"
+	default:
 		checks["ingest"] = "ok"
 	}
 	checks["mqtt"] = "ok"
@@ -254,7 +271,7 @@ func (p *platform) shutdown() error {
 	if err := p.api.Shutdown(ctx); err != nil {
 		errs = append(errs, fmt.Errorf("http: %w", err))
 	}
-	p.log.Info("shutting down: flushing ingest", "queued_points", p.pipe.Stats().Queued.Load())
+	p.log.Info("shutting down: flushing ingest", "backlog_messages", p.pipe.Spool().Pending)
 	if err := p.pipe.Close(ctx); err != nil {
 		errs = append(errs, err)
 	}
