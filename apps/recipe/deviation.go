@@ -39,7 +39,7 @@ type run struct {
 // periodically for every tenant; with a tenant in ctx it scans only that
 // tenant's runs (tests step the job that way).
 func (s *Service) ScanDeviations(ctx context.Context) (int, error) {
-	horizon := s.now().Add(-s.Settle)
+	horizon := s.Now().Add(-s.Settle)
 	only, _ := tenants.FromContext(ctx)
 	// Finding the work crosses tenants (system pool); each run is then
 	// scanned in its tenant's transaction through the tenant-filtered

@@ -75,7 +75,11 @@ func TestDeviationsExactly(t *testing.T) {
 	furnace, _ := env.Device(t, tn, "sinter-01", "sintering-furnace")
 	other, _ := env.Device(t, tn, "sinter-02", "sintering-furnace")
 
-	t0 := time.Now().UTC().Add(-time.Hour).Truncate(time.Second)
+	// The run is an hour in the future and the service's clock with it: the
+	// deviation jobs of platforms that other tests run on the same database
+	// (real clock) do not reach it.
+	t0 := time.Now().UTC().Add(time.Hour).Truncate(time.Second)
+	svc.Now = func() time.Time { return t0.Add(time.Hour) }
 	end := t0.Add(10 * time.Minute)
 	lot := seedRun(t, env, tn, "L-DEV-1", v.ID, furnace.ID, t0, &end)
 	seedPoints(t, env, tn, furnace.ID, "zone1_temp", t0, map[int]float64{
@@ -100,7 +104,7 @@ func TestDeviationsExactly(t *testing.T) {
 	seedPoints(t, env, tn, other.ID, "zone1_temp", t0, map[int]float64{10: 1500, 20: 1500})
 
 	// First scan: up to t0+25s, in the middle of excursion A.
-	svc.Settle = time.Since(t0.Add(25 * time.Second))
+	svc.Settle = svc.Now().Sub(t0.Add(25 * time.Second))
 	if _, err := svc.ScanDeviations(tctx); err != nil {
 		t.Fatal(err)
 	}
@@ -205,7 +209,8 @@ func TestOpenRunDeviation(t *testing.T) {
 	tctx := tenants.WithTenant(ctx, tn.ID)
 	v, _ := svc.Version(tctx, "R-OPEN", "1")
 	furnace, _ := env.Device(t, tn, "sinter-01", "sintering-furnace")
-	t0 := time.Now().UTC().Add(-time.Hour).Truncate(time.Second)
+	t0 := time.Now().UTC().Add(time.Hour).Truncate(time.Second) // see TestDeviationsExactly
+	svc.Now = func() time.Time { return t0.Add(time.Minute) }
 	lot := seedRun(t, env, tn, "L-OPEN", v.ID, furnace.ID, t0, nil)
 	seedPoints(t, env, tn, furnace.ID, "zone1_temp", t0, map[int]float64{0: 1060, 10: 1075, 20: 1077})
 	if _, err := svc.ScanDeviations(tctx); err != nil {

@@ -137,7 +137,7 @@ func (s *Service) createDownloads(ctx context.Context, tx pgx.Tx, v Version, lin
 	var ids []uuid.UUID
 	for _, t := range targets {
 		cmd := Command{Download: uuid.New(), Recipe: v.Recipe, Grade: v.Grade, Version: v.Number, VersionID: v.ID,
-			IssuedAt: s.now().UTC().Truncate(time.Millisecond)}
+			IssuedAt: s.Now().UTC().Truncate(time.Millisecond)}
 		for _, p := range v.Parameters {
 			if p.Model == t.model {
 				cmd.Parameters = append(cmd.Parameters, CommandParameter{Key: p.Metric, Setpoint: p.Setpoint,

@@ -43,7 +43,11 @@ type Service struct {
 	db       *tenants.DB
 	log      *slog.Logger
 	downlink Downlink
-	now      func() time.Time
+
+	// Now is the clock deviation detection scans up to (minus Settle); tests
+	// move it so that the process's own jobs, on the shared database, leave
+	// their runs alone.
+	Now func() time.Time
 
 	// MaxAttempts is how often a download is published before it times out
 	// (default 6); RetryBase the wait after the first publish, doubled after
@@ -63,7 +67,7 @@ func NewService(db *tenants.DB, downlink Downlink, log *slog.Logger) *Service {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Service{db: db, log: log, downlink: downlink, now: time.Now,
+	return &Service{db: db, log: log, downlink: downlink, Now: time.Now,
 		MaxAttempts: 6, RetryBase: 30 * time.Second, RetryMax: 30 * time.Minute, Settle: 30 * time.Second}
 }
 
