@@ -3,11 +3,13 @@ package api_test
 import (
 	"bytes"
 	"net/http"
+	"reflect"
 	"strings"
 	"testing"
 
 	"github.com/nxcloud/nxcloud/apps"
 	"github.com/nxcloud/nxcloud/apps/batch"
+	"github.com/nxcloud/nxcloud/apps/downgrade"
 )
 
 // The batch API end to end: bad input answers problem+json with a field,
@@ -95,6 +97,56 @@ func TestBatchAPI(t *testing.T) {
 	for _, d := range bodies {
 		if d != bodies[0] {
 			t.Errorf("resolve answers differ: %q", bodies)
+		}
+	}
+}
+
+// The batch and downgrade schemas match their Go types: every JSON field is
+// documented and nothing else; a response property is required exactly when
+// the Go field is not omitempty.
+func TestBatchDowngradeSchemasMatchGoTypes(t *testing.T) {
+	doc := loadDoc(t)
+	schemas := obj(obj(doc["components"])["schemas"])
+	for name, c := range map[string]struct {
+		v        any
+		response bool
+	}{
+		"Lot": {batch.Lot{}, true}, "LotInput": {batch.LotInput{}, false}, "LotPatch": {batch.LotPatch{}, false},
+		"LotPage": {batch.LotPage{}, true}, "Run": {batch.Run{}, true}, "RunInput": {batch.RunInput{}, false},
+		"RunEnd": {batch.RunEnd{}, false}, "Link": {batch.Link{}, true}, "LinkInput": {batch.LinkInput{}, false},
+		"LotLinks": {batch.LotLinks{}, true}, "Customer": {batch.Customer{}, true}, "CustomerInput": {batch.CustomerInput{}, false},
+		"Shipment": {batch.Shipment{}, true}, "ShippedLot": {batch.ShippedLot{}, true}, "ShipmentInput": {batch.ShipmentInput{}, false},
+		"ShipmentLotInput": {batch.ShipmentLotIn{}, false}, "MetricSummary": {batch.MetricSummary{}, true},
+		"TraceRun": {batch.TraceRun{}, true}, "ShipmentRef": {batch.ShipmentRef{}, true}, "TraceNode": {batch.TraceNode{}, true},
+		"TraceEdge": {batch.TraceEdge{}, true}, "Trace": {batch.Trace{}, true}, "LabelFields": {batch.PublicFields{}, true},
+		"LabelFieldsInput": {batch.PublicFieldsInput{}, false}, "PublicLot": {batch.PublicLot{}, true},
+		"Downgrade": {downgrade.Downgrade{}, true}, "DowngradeInput": {downgrade.DowngradeInput{}, false},
+		"DowngradePage": {downgrade.Page{}, true}, "DowngradeDecisionInput": {downgrade.DecisionInput{}, false},
+		"DowngradeMiss": {downgrade.Miss{}, true}, "DowngradeDecision": {downgrade.Decision{}, true},
+		"DowngradeEvaluation": {downgrade.Evaluation{}, true}, "DowngradeEvaluateInput": {downgrade.EvaluateInput{}, false},
+		"DowngradeReason": {downgrade.Reason{}, true}, "DowngradeGroup": {downgrade.Group{}, true},
+		"DowngradeAnalytics": {downgrade.Analytics{}, true}, "GradePrice": {downgrade.GradePrice{}, true},
+		"PriceList": {downgrade.PriceList{}, true}, "PriceListInput": {downgrade.PriceListInput{}, false},
+	} {
+		schema := obj(schemas[name])
+		if schema == nil {
+			t.Errorf("components.schemas.%s is missing", name)
+			continue
+		}
+		props, required := doc.flatten(schema)
+		fields := map[string]bool{}
+		jsonFieldsOf(reflect.TypeOf(c.v), fields)
+		for f, omit := range fields {
+			if _, ok := props[f]; !ok {
+				t.Errorf("schema %s lacks property %q", name, f)
+			} else if c.response && required[f] == omit {
+				t.Errorf("schema %s: property %q required=%v, but omitempty=%v", name, f, required[f], omit)
+			}
+		}
+		for p := range props {
+			if _, ok := fields[p]; !ok {
+				t.Errorf("schema %s has property %q, which %T does not have", name, p, c.v)
+			}
 		}
 	}
 }
