@@ -54,7 +54,7 @@ func (r rejectRatio) KPI(ctx context.Context, q tenants.Querier, tenant uuid.UUI
 	var num, den string
 	err := q.QueryRow(ctx, `
 		SELECT coalesce(sum(rejected), 0)::text, coalesce(sum(stored + rejected), 0)::text
-		FROM usage_telemetry WHERE tenant_id = $1 AND hour >= $2 AND hour < $3`, tenant, from, to).Scan(&num, &den)
+		FROM `+telemetryFlat+` t WHERE tenant_id = $1 AND hour >= $2 AND hour < $3`, tenant, from, to).Scan(&num, &den)
 	if err != nil {
 		return nil, err
 	}

@@ -60,6 +60,9 @@ func (s *Service) Close(ctx context.Context, tenant uuid.UUID, period time.Time)
 			tenant, id, period, plan.ID, plan.Currency); err != nil {
 			return err
 		}
+		if _, err := mergeTx(ctx, tx); err != nil {
+			return err
+		}
 		if _, err := tx.Exec(ctx, `UPDATE usage_events SET invoice_id = $2 WHERE tenant_id = $1 AND invoice_id IS NULL AND occurred_at < $3`,
 			tenant, id, end); err != nil {
 			return err
@@ -140,27 +143,41 @@ func (s *Service) CloseDue(ctx context.Context) (int, error) {
 	return n, nil
 }
 
-// MergeTelemetry merges the per-batch telemetry rows of past hours into one
-// row per (tenant, device, hour, invoice): the sums are unchanged; the
-// ledger stays small. It returns the rows it removed.
+// MergeTelemetry folds the per-batch telemetry rows into one unbilled row
+// per (tenant, device, hour): the sums are unchanged; the ledger stays small.
+// It returns the batch rows it folded.
 func (s *Service) MergeTelemetry(ctx context.Context) (int64, error) {
 	var n int64
 	err := pgx.BeginFunc(ctx, s.sys, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, int64(billingLock)); err != nil {
 			return err
 		}
-		return tx.QueryRow(ctx, `
-			WITH gone AS (
-				DELETE FROM usage_telemetry WHERE NOT merged AND hour < date_trunc('hour', now()) - interval '1 hour'
-				RETURNING tenant_id, device_id, hour, stored, rejected, events, invoice_id
-			), ins AS (
-				INSERT INTO usage_telemetry (tenant_id, device_id, hour, stored, rejected, events, merged, invoice_id)
-				SELECT tenant_id, device_id, hour, sum(stored), sum(rejected), sum(events), true, invoice_id
-				FROM gone GROUP BY tenant_id, device_id, hour, invoice_id
-				RETURNING 1
-			)
-			SELECT (SELECT count(*) FROM gone) - (SELECT count(*) FROM ins)`).Scan(&n)
+		var err error
+		n, err = mergeTx(ctx, tx)
+		return err
 	})
+	return n, err
+}
+
+// mergeTx folds the batch rows visible to tx (the caller holds the billing
+// lock: no one else writes usage_telemetry).
+func mergeTx(ctx context.Context, tx pgx.Tx) (int64, error) {
+	var n int64
+	err := tx.QueryRow(ctx, `
+		WITH gone AS (
+			DELETE FROM usage_telemetry_batches RETURNING tenant_id, hour, devices, stored, rejected, events
+		), flat AS (
+			SELECT g.tenant_id, u.d, g.hour, sum(u.s) AS s, sum(u.r) AS r, sum(u.e) AS e
+			FROM gone g, unnest(g.devices, g.stored, g.rejected, g.events) AS u(d, s, r, e)
+			GROUP BY 1, 2, 3
+		), ins AS (
+			INSERT INTO usage_telemetry (tenant_id, device_id, hour, stored, rejected, events, merged)
+			SELECT tenant_id, d, hour, s, r, e, true FROM flat
+			ON CONFLICT (tenant_id, device_id, hour) WHERE invoice_id IS NULL DO UPDATE
+			SET stored = usage_telemetry.stored + excluded.stored, rejected = usage_telemetry.rejected + excluded.rejected,
+				events = usage_telemetry.events + excluded.events
+		)
+		SELECT count(*) FROM gone`).Scan(&n)
 	return n, err
 }
 
@@ -175,7 +192,7 @@ func (s *Service) Snapshot(ctx context.Context, day time.Time, retention time.Du
 	if _, err := s.sys.Exec(ctx, `
 		INSERT INTO usage_events (tenant_id, meter, subject, quantity, occurred_at, idem_key)
 		SELECT u.tenant_id, 'devices.active', '', count(DISTINCT u.device_id), $1, 'devices.active:' || $2
-		FROM usage_telemetry u JOIN tenants t ON t.id = u.tenant_id
+		FROM `+telemetryFlat+` u JOIN tenants t ON t.id = u.tenant_id
 		WHERE u.hour >= $1 AND u.hour < $1 + interval '1 day' AND u.stored > 0
 		GROUP BY u.tenant_id
 		ON CONFLICT (tenant_id, meter, idem_key) DO NOTHING`, day, name); err != nil {
@@ -195,7 +212,7 @@ func (s *Service) Snapshot(ctx context.Context, day time.Time, retention time.Du
 	}
 	_, err := s.sys.Exec(ctx, `
 		WITH pts AS (
-			SELECT u.tenant_id, sum(u.stored) AS n FROM usage_telemetry u JOIN tenants t ON t.id = u.tenant_id
+			SELECT u.tenant_id, sum(u.stored) AS n FROM `+telemetryFlat+` u JOIN tenants t ON t.id = u.tenant_id
 			WHERE u.hour >= $1::timestamptz - $4::interval AND u.hour < $1::timestamptz + interval '1 day' GROUP BY u.tenant_id
 		), tot AS (SELECT sum(n) AS n FROM pts)
 		INSERT INTO usage_events (tenant_id, meter, subject, quantity, occurred_at, idem_key)
@@ -225,13 +242,13 @@ func (s *Service) jobLoop(ctx context.Context) {
 		if err := s.Reconcile(ctx); err != nil && ctx.Err() == nil {
 			s.log.Warn("metering: reconcile hot counters", "err", err)
 		}
+		if _, err := s.MergeTelemetry(ctx); err != nil && ctx.Err() == nil {
+			s.log.Warn("metering: merge telemetry usage", "err", err)
+		}
 		if time.Since(last) < 5*time.Minute {
 			continue
 		}
 		last = time.Now()
-		if _, err := s.MergeTelemetry(ctx); err != nil && ctx.Err() == nil {
-			s.log.Warn("metering: merge telemetry usage", "err", err)
-		}
 		today := s.now().UTC().Truncate(24 * time.Hour)
 		for _, d := range []time.Time{today.AddDate(0, 0, -2), today.AddDate(0, 0, -1)} {
 			if err := s.Snapshot(ctx, d, 400*24*time.Hour); err != nil && ctx.Err() == nil {

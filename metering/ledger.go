@@ -32,48 +32,70 @@ type TelemetryUsage struct {
 
 // RecordTelemetry adds a batch's telemetry counts to the ledger inside tx,
 // the transaction that stores the batch: the counts become durable exactly
-// when the points do, and a rolled-back batch counts nothing. One INSERT per
-// batch, one row per (tenant, device), append-only so concurrent writers
-// never wait on each other's row locks.
+// when the points do, and a rolled-back batch counts nothing. One row per
+// tenant per batch (its devices' counts as arrays), append-only, so
+// concurrent writers never wait on each other and a batch of many devices
+// costs one row; the metering job folds the rows per device and hour.
 func (s *Service) RecordTelemetry(ctx context.Context, tx pgx.Tx, usage []TelemetryUsage) error {
-	type key struct{ t, d uuid.UUID }
-	sum := make(map[key]*TelemetryUsage, len(usage))
-	for i := range usage {
-		u := &usage[i]
+	type acc struct {
+		devs       []uuid.UUID
+		st, rj, ev []int64
+		at         map[uuid.UUID]int
+	}
+	var order []uuid.UUID
+	byTenant := map[uuid.UUID]*acc{}
+	for _, u := range usage {
 		if u.Stored == 0 && u.Rejected == 0 && u.Events == 0 {
 			continue
 		}
-		k := key{u.Tenant, u.Device}
-		if a := sum[k]; a != nil {
-			a.Stored += u.Stored
-			a.Rejected += u.Rejected
-			a.Events += u.Events
-		} else {
-			c := *u
-			sum[k] = &c
+		a := byTenant[u.Tenant]
+		if a == nil {
+			a = &acc{at: map[uuid.UUID]int{}}
+			byTenant[u.Tenant] = a
+			order = append(order, u.Tenant)
+		}
+		i, ok := a.at[u.Device]
+		if !ok {
+			i = len(a.devs)
+			a.at[u.Device] = i
+			a.devs, a.st, a.rj, a.ev = append(a.devs, u.Device), append(a.st, 0), append(a.rj, 0), append(a.ev, 0)
+		}
+		a.st[i] += u.Stored
+		a.rj[i] += u.Rejected
+		a.ev[i] += u.Events
+	}
+	const insert = `INSERT INTO usage_telemetry_batches (tenant_id, hour, devices, stored, rejected, events)
+		VALUES ($1, date_trunc('hour', now()), $2, $3, $4, $5)`
+	switch len(order) {
+	case 0:
+		return nil
+	case 1:
+		a := byTenant[order[0]]
+		if _, err := tx.Exec(ctx, insert, order[0], a.devs, a.st, a.rj, a.ev); err != nil {
+			return fmt.Errorf("metering: record telemetry usage: %w", err)
+		}
+	default:
+		var b pgx.Batch
+		for _, t := range order {
+			a := byTenant[t]
+			b.Queue(insert, t, a.devs, a.st, a.rj, a.ev)
+		}
+		if err := tx.SendBatch(ctx, &b).Close(); err != nil {
+			return fmt.Errorf("metering: record telemetry usage: %w", err)
 		}
 	}
-	if len(sum) == 0 {
-		return nil
-	}
-	n := len(sum)
-	ts, ds := make([]uuid.UUID, 0, n), make([]uuid.UUID, 0, n)
-	st, rj, ev := make([]int64, 0, n), make([]int64, 0, n), make([]int64, 0, n)
-	for _, u := range sum {
-		ts, ds = append(ts, u.Tenant), append(ds, u.Device)
-		st, rj, ev = append(st, u.Stored), append(rj, u.Rejected), append(ev, u.Events)
-	}
-	_, err := tx.Exec(ctx, `
-		INSERT INTO usage_telemetry (tenant_id, device_id, hour, stored, rejected, events)
-		SELECT t, d, date_trunc('hour', now()), s, r, e
-		FROM unnest($1::uuid[], $2::uuid[], $3::bigint[], $4::bigint[], $5::bigint[]) AS u(t, d, s, r, e)`,
-		ts, ds, st, rj, ev)
-	if err != nil {
-		return fmt.Errorf("metering: record telemetry usage: %w", err)
-	}
-	s.met.telemetryRows.Add(float64(n))
+	s.met.telemetryRows.Add(float64(len(order)))
 	return nil
 }
+
+// telemetryFlat is the telemetry ledger, folded and not yet folded, one row
+// per (tenant, device, hour) or (batch, device).
+const telemetryFlat = `(
+	SELECT tenant_id, device_id, hour, stored, rejected, events FROM usage_telemetry
+	UNION ALL
+	SELECT b.tenant_id, u.d, b.hour, u.s, u.r, u.e
+	FROM usage_telemetry_batches b, unnest(b.devices, b.stored, b.rejected, b.events) AS u(d, s, r, e)
+)`
 
 // Use is one metered unit (or quantity of units) with its idempotency key:
 // recording the same (tenant, meter, key) twice counts it once.

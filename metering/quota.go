@@ -71,7 +71,7 @@ func (s *Service) ledgerUsage(ctx context.Context, tenant uuid.UUID, meter strin
 	end := period.AddDate(0, 1, 0)
 	var err error
 	if col, ok := map[string]string{MeterPoints: "stored", MeterRejected: "rejected", MeterEvents: "events"}[meter]; ok {
-		err = s.sys.QueryRow(ctx, `SELECT coalesce(sum(`+col+`), 0)::bigint FROM usage_telemetry WHERE tenant_id = $1 AND hour >= $2 AND hour < $3`,
+		err = s.sys.QueryRow(ctx, `SELECT coalesce(sum(`+col+`), 0)::bigint FROM `+telemetryFlat+` t WHERE tenant_id = $1 AND hour >= $2 AND hour < $3`,
 			tenant, period, end).Scan(&n)
 	} else {
 		err = s.sys.QueryRow(ctx, `SELECT coalesce(sum(quantity), 0)::bigint FROM usage_events WHERE tenant_id = $1 AND meter = $2 AND occurred_at >= $3 AND occurred_at < $4`,
@@ -312,4 +312,13 @@ func (s *Service) QuotaStates(ctx context.Context, tenant uuid.UUID) ([]QuotaSta
 		out = append(out, QuotaState{Quota: q, Period: periodName(e.period), Used: used})
 	}
 	return out, nil
+}
+
+// TelemetryTotals returns all the telemetry points tenant was metered for,
+// stored and rejected, over all time (the chaos check compares them with the
+// rows stored).
+func (s *Service) TelemetryTotals(ctx context.Context, tenant uuid.UUID) (stored, rejected int64, err error) {
+	err = s.sys.QueryRow(ctx, `SELECT coalesce(sum(stored), 0)::bigint, coalesce(sum(rejected), 0)::bigint FROM `+telemetryFlat+` t WHERE tenant_id = $1`,
+		tenant).Scan(&stored, &rejected)
+	return stored, rejected, err
 }

@@ -21,12 +21,14 @@ type cell struct {
 }
 
 // ledgerSQL is the one place that reads the ledger: keyed usage rows and
-// telemetry rows (unpivoted into their three meters), filtered by the same
+// telemetry rows, folded and per batch (unpivoted into their three meters), filtered by the same
 // condition (a constant of this file, never built from input), summed per
 // meter, subject and day.
 func ledgerSQL(where string) string {
 	w := strings.NewReplacer("{time}", "occurred_at").Replace(where)
 	wt := strings.NewReplacer("{time}", "t.hour", "invoice_id", "t.invoice_id").Replace(where)
+	// Batch rows are never billed yet: their invoice_id is NULL.
+	wb := strings.NewReplacer("{time}", "b.hour", "invoice_id", "NULL::uuid").Replace(where)
 	return `
 	SELECT meter, subject, day, sum(q)::bigint FROM (
 		SELECT meter, subject, (occurred_at AT TIME ZONE 'UTC')::date AS day, quantity AS q
@@ -37,6 +39,13 @@ func ledgerSQL(where string) string {
 		CROSS JOIN LATERAL (VALUES ('telemetry.points', t.stored), ('telemetry.rejected', t.rejected),
 			('telemetry.events', t.events)) AS m(meter, q)
 		WHERE t.tenant_id = $1 AND m.q <> 0 AND ` + wt + `
+		UNION ALL
+		SELECT m.meter, u.d::text, (b.hour AT TIME ZONE 'UTC')::date, m.q
+		FROM usage_telemetry_batches b
+		CROSS JOIN LATERAL unnest(b.devices, b.stored, b.rejected, b.events) AS u(d, s, r, e)
+		CROSS JOIN LATERAL (VALUES ('telemetry.points', u.s), ('telemetry.rejected', u.r),
+			('telemetry.events', u.e)) AS m(meter, q)
+		WHERE b.tenant_id = $1 AND m.q <> 0 AND ` + wb + `
 	) l GROUP BY 1, 2, 3`
 }
 

@@ -202,7 +202,7 @@ func cmdChaosMetering(ctx context.Context, args []string, getenv func(string) st
 	if err := pool.QueryRow(ctx, `SELECT count(*) FROM telemetry WHERE tenant_id = $1`, tn.ID).Scan(&rows); err != nil {
 		return err
 	}
-	if err := pool.QueryRow(ctx, `SELECT coalesce(sum(stored), 0), coalesce(sum(rejected), 0) FROM usage_telemetry WHERE tenant_id = $1`, tn.ID).Scan(&metered, &rejected); err != nil {
+	if metered, rejected, err = meter.TelemetryTotals(ctx, tn.ID); err != nil {
 		return err
 	}
 	keys := map[string]bool{}
