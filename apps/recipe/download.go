@@ -368,10 +368,9 @@ func (s *Service) HandleReply(ctx context.Context, tx pgx.Tx, ev ingest.DeviceEv
 		return nil
 	}
 	var r Reply
-	dec := json.NewDecoder(bytes.NewReader(ev.Payload))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&r); err != nil {
-		return apps.Errorf(apps.Invalid, "recipe reply: %v", err)
+	// Strict: exact field names, no unknown or duplicate keys.
+	if err := apps.Bind(bytes.NewReader(ev.Payload), &r); err != nil {
+		return err
 	}
 	id, err := uuid.Parse(r.Download)
 	if err != nil {

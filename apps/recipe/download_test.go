@@ -232,6 +232,41 @@ func TestDownloadToDevices(t *testing.T) {
 	if d, _ := svc.Download(tctx, byDevice["sinter-03"].ID.String()); d.Status == recipe.Applied {
 		t.Fatalf("another device's reply changed sinter-03's download: %+v", d)
 	}
+	// It is refused with the reason, as is a malformed reply.
+	tok := online.c.Publish(recipe.Topic(tn.Slug, "sinter-01")+"/reply", 1, false, []byte(`{"Download":"`+cmd.Download.String()+`","status":"applied"}`))
+	if !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatal(tok.Error())
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		if _, err := feed.Poll(ctx); err != nil {
+			t.Fatal(err)
+		}
+		var reasons []string
+		rows, err := env.DB.System.Query(ctx, `SELECT error FROM event_feed_seen WHERE consumer = 'recipe.replies' AND tenant_id = $1
+			AND error IS NOT NULL ORDER BY event_id`, tn.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for rows.Next() {
+			var r string
+			if err := rows.Scan(&r); err != nil {
+				t.Fatal(err)
+			}
+			reasons = append(reasons, r)
+		}
+		rows.Close()
+		if len(reasons) == 2 {
+			if !strings.Contains(reasons[0], "not_found") || !strings.Contains(reasons[1], "Download") {
+				t.Fatalf("refusals %q", reasons)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("refusals %q, want 2", reasons)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 // TestDownloadWithMosquittoSub: the device side is mosquitto_sub, logged in
