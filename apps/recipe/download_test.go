@@ -295,9 +295,13 @@ func TestDownloadWithMosquittoSub(t *testing.T) {
 		t.Fatalf("release: %v %v", ds, err)
 	}
 	user := tenants.MQTTUsername("sinter-09", tn.Slug)
-	run := func(topic string) string {
+	run := func(topic string, wait ...string) string {
+		w := "10"
+		if len(wait) > 0 {
+			w = wait[0]
+		}
 		out, err := exec.Command(bin, "-h", "127.0.0.1", "-p", p.port, "-u", user, "-P", secret, "-i", user,
-			"-q", "1", "-t", topic, "-C", "1", "-W", "10", "-v").CombinedOutput()
+			"-q", "1", "-t", topic, "-C", "1", "-W", w, "-v").CombinedOutput()
 		t.Logf("mosquitto_sub -t %s: %v\n%s", topic, err, out)
 		return string(out)
 	}
@@ -305,6 +309,32 @@ func TestDownloadWithMosquittoSub(t *testing.T) {
 	if !strings.HasPrefix(out, recipe.Topic(tn.Slug, "sinter-09")+" {") || !strings.Contains(out, `"download":"`+ds[0].ID.String()+`"`) ||
 		!strings.Contains(out, `"key":"zone1_temp"`) {
 		t.Fatalf("mosquitto_sub printed %q", out)
+	}
+	// Retiring the version clears the retained command: a new subscriber
+	// gets nothing (mosquitto_sub gives up after 2 s). (Retire, not the
+	// reply, because it runs in this test's service: the reply feed may be
+	// applied by another process's job on the shared database, which clears
+	// its own broker's copy.)
+	if _, err := svc.Retire(bob, "R-MS", "1", recipe.TransitionInput{}); err != nil {
+		t.Fatal(err)
+	}
+	if again := run(recipe.Topic(tn.Slug, "sinter-09"), "2"); strings.Contains(again, "{") {
+		t.Fatalf("the command is still retained after the retirement: %q", again)
+	}
+	// The device answers with mosquitto_pub; the API shows it applied (a
+	// device that applied a superseded download does run it).
+	pub, err := exec.LookPath("mosquitto_pub")
+	if err != nil {
+		t.Fatal("mosquitto_pub is needed (apt-get install -y mosquitto-clients)")
+	}
+	out2, err := exec.Command(pub, "-h", "127.0.0.1", "-p", p.port, "-u", user, "-P", secret, "-i", user+"-pub", "-q", "1",
+		"-t", recipe.Topic(tn.Slug, "sinter-09")+"/reply", "-m", `{"download":"`+ds[0].ID.String()+`","status":"applied"}`, "-d").CombinedOutput()
+	if err != nil || !strings.Contains(string(out2), "PUBACK") {
+		t.Fatalf("mosquitto_pub: %v\n%s", err, out2)
+	}
+	d := waitStatus(t, tenants.WithTenant(ctx, tn.ID), svc, svc.ReplyFeed(), ds[0].ID.String(), recipe.Applied)
+	if d.Device != "sinter-09" || d.RepliedAt == nil {
+		t.Fatalf("download after the reply: %+v", d)
 	}
 	// Another device's command topic is refused (mosquitto_sub exits 0 on a
 	// refused subscription: read what it prints).
