@@ -39,6 +39,7 @@ type config struct {
 	MaintainEvery    time.Duration
 	ShutdownTimeout  time.Duration
 	NoMigrate        bool
+	Metering         bool
 	PublicHost       string
 	RetentionDays    int
 	MQTTConnectLimit time.Duration
@@ -121,6 +122,8 @@ func bindConfig(fs *flag.FlagSet, c *config, getenv func(string) string) error {
 	integer(&c.MQTTConnectRate, "mqtt-connect-rate", 20, "new MQTT connections per second per source address (negative: no limit)")
 	integer(&c.MQTTConnectBurst, "mqtt-connect-burst", 200, "new MQTT connections a source address may open at once")
 	dur(&c.MQTTWriteTimeout, "mqtt-write-timeout", 30*time.Second, "close a client that does not take a write within this (slow reader)")
+	mt := getenv(envName("metering"))
+	fs.BoolVar(&c.Metering, "metering", mt != "false" && mt != "0", "count telemetry in the usage ledger in each ingest batch's transaction; off only to measure its cost ("+envName("metering")+")")
 	nm := getenv(envName("no-migrate"))
 	fs.BoolVar(&c.NoMigrate, "no-migrate", nm == "true" || nm == "1", "do not apply migrations on start ("+envName("no-migrate")+")")
 	if len(bad) > 0 {

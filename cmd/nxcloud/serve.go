@@ -21,6 +21,7 @@ import (
 	"github.com/nxcloud/nxcloud/apps/telemetry"
 	"github.com/nxcloud/nxcloud/broker"
 	"github.com/nxcloud/nxcloud/ingest"
+	"github.com/nxcloud/nxcloud/metering"
 	"github.com/nxcloud/nxcloud/migrations"
 	"github.com/nxcloud/nxcloud/tenants"
 )
@@ -59,6 +60,7 @@ type platform struct {
 	tenants *tenants.Service
 	hot     *ingest.Hot
 	pipe    *ingest.Pipeline
+	meter   *metering.Service
 	broker  *broker.Broker
 	api     *api.Server
 	httpLn  net.Listener
@@ -144,10 +146,16 @@ func startPlatform(ctx context.Context, cfg config, log *slog.Logger, opt platfo
 	default:
 		return nil, fmt.Errorf("ingest durability %q: want spool or commit (NXCLOUD_INGEST_DURABILITY)", cfg.IngestDurability)
 	}
+	// Metering counts telemetry in each ingest batch's transaction.
+	p.meter = metering.New(metering.Config{Logger: log.With("app", "metering")}, p.sys, p.app, p.rdb)
+	onStored := opt.onStored
+	if cfg.Metering {
+		onStored = meteringHook(p.meter, opt.onStored)
+	}
 	p.pipe, err = ingest.New(ingest.Config{
 		BatchPoints: cfg.IngestBatch, FlushInterval: cfg.IngestFlush, Writers: cfg.IngestWriters,
 		Spool: spool, RecordInvalidations: p.flavor == migrations.FlavorPostgres,
-		OnStored: opt.onStored, OnCommit: opt.onCommit, Logger: log,
+		OnStored: onStored, OnCommit: opt.onCommit, Logger: log,
 	}, p.sys, p.tenants, p.hot)
 	if err != nil {
 		return nil, err
@@ -174,6 +182,7 @@ func startPlatform(ctx context.Context, cfg config, log *slog.Logger, opt platfo
 
 	p.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	p.reg.MustRegister(p.pipe.Collectors()...)
+	p.reg.MustRegister(p.meter.Collectors()...)
 	p.reg.MustRegister(brokerCollectors(p.broker)...)
 	p.reg.MustRegister(limitCollectors(p.broker)...)
 
@@ -182,7 +191,7 @@ func startPlatform(ctx context.Context, cfg config, log *slog.Logger, opt platfo
 		proxies = strings.Split(cfg.TrustedProxies, ",")
 	}
 	nApps := api.NewApps(api.AppDeps{DB: &tenants.DB{System: p.sys, App: p.app}, Tenants: p.tenants, Redis: p.rdb,
-		Downlink: p.broker, Logger: log})
+		Downlink: p.broker, Logger: log, Meter: p.meter})
 	for _, job := range nApps.Jobs {
 		p.bg.Add(1)
 		go func() { defer p.bg.Done(); job(bgctx) }()
