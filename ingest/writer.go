@@ -371,6 +371,9 @@ func insertTelemetry(ctx context.Context, tx pgx.Tx, items []Item, use func(t, d
 		WITH ins AS (
 			INSERT INTO telemetry (ts, tenant_id, device_id, metric_id, value)
 			SELECT ts, tenant_id, device_id, metric_id, value FROM telemetry_stage
+			-- one key order for every writer: concurrent batches with
+			-- overlapping keys wait for each other instead of deadlocking
+			ORDER BY device_id, metric_id, ts
 			ON CONFLICT DO NOTHING
 			RETURNING tenant_id, device_id
 		)

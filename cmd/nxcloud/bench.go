@@ -36,6 +36,7 @@ type benchConfig struct {
 	FloodPoints int // points per flood message
 	Out         string
 	Target      string // MQTT URL of a running platform; "" starts one in-process
+	Modes       string // durability modes to compare in one run
 }
 
 // latencies collects publish→committed latencies of messages, in ms.
@@ -102,6 +103,7 @@ func cmdBench(ctx context.Context, args []string, getenv func(string) string, st
 		fs.StringVar(&bc.Out, "out", "", "also write the report to this file")
 		cpuProfile = fs.String("cpuprofile", "", "write a CPU profile of the sustained phase to this file")
 		fs.StringVar(&bc.Target, "target-mqtt", "", "measure a running nxcloud at this MQTT URL (tcp://host:1883) instead of one started in-process; --database-url must be its database")
+		fs.StringVar(&bc.Modes, "durability-modes", "", "run the bench once per ingest durability mode (e.g. none,commit,spool) in this run and compare them")
 	})
 	if err != nil {
 		return err
@@ -109,18 +111,68 @@ func cmdBench(ctx context.Context, args []string, getenv func(string) string, st
 	if bc.Metrics < 1 || bc.Devices < 1 || bc.Rate <= 0 || (bc.QoS != 0 && bc.QoS != 1) {
 		return fmt.Errorf("bench: need devices ≥ 1, rate > 0, metrics ≥ 1 and qos 0 or 1")
 	}
+	if bc.Modes == "" {
+		_, err := runBench(ctx, cfg, bc, args, *cpuProfile, stdout, stderr)
+		return err
+	}
+	if bc.Target != "" {
+		return fmt.Errorf("bench: --durability-modes runs in-process platforms; drop --target-mqtt")
+	}
+	var results []benchResult
+	modes := strings.Split(bc.Modes, ",")
+	for _, m := range modes {
+		c := cfg
+		c.IngestDurability = strings.TrimSpace(m)
+		c.IngestSpoolDir, err = os.MkdirTemp("", "nxcloud-bench-spool-")
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(stderr, "bench: === durability %s ===\n", c.IngestDurability)
+		r, err := runBench(ctx, c, bc, args, "", stdout, stderr)
+		_ = os.RemoveAll(c.IngestSpoolDir)
+		if err != nil {
+			return fmt.Errorf("durability %s: %w", c.IngestDurability, err)
+		}
+		results = append(results, r)
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "\ncost of durability, same run (ratios against the first mode, %s):\n", modes[0])
+	fmt.Fprintf(&b, "  %-8s %14s %8s %10s %10s %12s %8s\n", "mode", "points/s", "ratio", "p50 ms", "p99 ms", "flood pts/s", "lost")
+	for i, r := range results {
+		fmt.Fprintf(&b, "  %-8s %14.0f %8.2f %10.1f %10.1f %12.0f %8d\n", strings.TrimSpace(modes[i]), r.sustained, r.sustained/results[0].sustained,
+			r.p50, r.p99, r.flood, r.lost)
+	}
+	fmt.Fprint(stdout, b.String())
+	if bc.Out != "" {
+		f, err := os.OpenFile(bc.Out, os.O_APPEND|os.O_WRONLY, 0o644)
+		if err == nil {
+			_, _ = f.WriteString(b.String())
+			_ = f.Close()
+		}
+	}
+	return nil
+}
+
+// benchResult is what one bench run measured.
+type benchResult struct {
+	sustained, p50, p99, flood float64
+	lost                       int64
+}
+
+func runBench(ctx context.Context, cfg config, bc benchConfig, args []string, cpuProfile string, stdout, stderr io.Writer) (benchResult, error) {
+	var res benchResult
 	cfg.HTTPAddr, cfg.MQTTAddr, cfg.MQTTWSAddr = "127.0.0.1:0", "127.0.0.1:0", ""
 	if cfg.LogLevel == "info" {
 		cfg.LogLevel = "warn"
 	}
 	log, err := newLogger(stderr, cfg.LogLevel, cfg.LogFormat)
 	if err != nil {
-		return err
+		return res, err
 	}
 	lat := &latencies{}
 	tg, err := openBenchTarget(ctx, cfg, bc.Target, log, lat)
 	if err != nil {
-		return err
+		return res, err
 	}
 	defer tg.close()
 	say := func(f string, a ...any) { fmt.Fprintf(stderr, "bench: "+f+"\n", a...) }
@@ -130,11 +182,11 @@ func cmdBench(ctx context.Context, args []string, getenv func(string) string, st
 	slug := "bench-" + strconv.FormatInt(time.Now().Unix(), 36)
 	t, _, err := p.tenants.CreateEnterprise(ctx, tenants.EnterpriseInput{Slug: slug, Name: "nxcloud bench", Sector: "magnetic-materials"})
 	if err != nil {
-		return err
+		return res, err
 	}
 	model, keys, err := benchModel(ctx, p, t.ID, bc.Metrics)
 	if err != nil {
-		return err
+		return res, err
 	}
 	const secret = "bench-device-secret"
 	total := bc.Devices + bc.FloodConns
@@ -143,7 +195,7 @@ func cmdBench(ctx context.Context, args []string, getenv func(string) string, st
 	for i := range devices {
 		devices[i] = fmt.Sprintf("dev-%05d", i)
 		if _, _, err := p.tenants.RegisterDevice(ctx, t.ID, tenants.DeviceInput{Key: devices[i], Model: model, Secret: secret}); err != nil {
-			return err
+			return res, err
 		}
 	}
 	brokerURL := tg.brokerURL
@@ -159,7 +211,7 @@ func cmdBench(ctx context.Context, args []string, getenv func(string) string, st
 	say("connecting %d devices (QoS %d, %.0f msg/s each, %d metrics a message)", bc.Devices, bc.QoS, bc.Rate, bc.Metrics)
 	clients, err := connectAll(ctx, brokerURL, slug, devices[:bc.Devices], secret)
 	if err != nil {
-		return err
+		return res, err
 	}
 	var acked, failed atomic.Int64
 	runCtx, stopRun := context.WithCancel(ctx)
@@ -197,14 +249,14 @@ func cmdBench(ctx context.Context, args []string, getenv func(string) string, st
 	say("warming up for %s", bc.Warmup)
 	sleepCtx(ctx, bc.Warmup)
 	lat.collect(true)
-	if *cpuProfile != "" {
-		f, err := os.Create(*cpuProfile)
+	if cpuProfile != "" {
+		f, err := os.Create(cpuProfile)
 		if err != nil {
-			return err
+			return res, err
 		}
 		defer f.Close()
 		if err := pprof.StartCPUProfile(f); err != nil {
-			return err
+			return res, err
 		}
 	}
 	c0, a0, t0 := tg.committed(ctx), acked.Load(), time.Now()
@@ -214,7 +266,7 @@ func cmdBench(ctx context.Context, args []string, getenv func(string) string, st
 	})
 	c1, a1, t1 := tg.committed(ctx), acked.Load(), time.Now()
 	lats := lat.collect(false)
-	if *cpuProfile != "" {
+	if cpuProfile != "" {
 		pprof.StopCPUProfile()
 	}
 	stopRun()
@@ -230,7 +282,7 @@ func cmdBench(ctx context.Context, args []string, getenv func(string) string, st
 	}
 	var stored int64
 	if err := p.sys.QueryRow(ctx, `SELECT count(*) FROM telemetry WHERE tenant_id = $1`, t.ID).Scan(&stored); err != nil {
-		return err
+		return res, err
 	}
 	sustained := float64(c1-c0) / t1.Sub(t0).Seconds()
 	offered := float64(a1-a0) * float64(bc.Metrics) / t1.Sub(t0).Seconds()
@@ -244,7 +296,7 @@ func cmdBench(ctx context.Context, args []string, getenv func(string) string, st
 		say("flood: %d connections, %d points a message, for %s", bc.FloodConns, bc.FloodPoints, bc.FloodFor)
 		fc, err := connectAll(ctx, brokerURL, slug, devices[bc.Devices:], secret)
 		if err != nil {
-			return err
+			return res, err
 		}
 		fctx, stopFlood := context.WithCancel(ctx)
 		var fw sync.WaitGroup
@@ -275,13 +327,13 @@ func cmdBench(ctx context.Context, args []string, getenv func(string) string, st
 	say("raw COPY limit: %d connections, batches of %d", cfg.IngestWriters, cfg.IngestBatch)
 	rawRate, err := rawCopyLimit(ctx, p, t.ID, devices[:bc.Devices], bc.Metrics, bc.Metrics, cfg.IngestWriters, cfg.IngestBatch, 10*time.Second)
 	if err != nil {
-		return err
+		return res, err
 	}
 	var rawFlood float64
 	if bc.FloodConns > 0 {
 		say("raw COPY limit for the flood's rows (%d devices)", bc.FloodConns)
 		if rawFlood, err = rawCopyLimit(ctx, p, t.ID, devices[bc.Devices:], bc.Metrics, max(bc.Metrics, bc.FloodPoints/bc.Metrics*bc.Metrics), cfg.IngestWriters, cfg.IngestBatch, 10*time.Second); err != nil {
-			return err
+			return res, err
 		}
 	}
 
@@ -309,13 +361,21 @@ func cmdBench(ctx context.Context, args []string, getenv func(string) string, st
 	}
 	fmt.Fprint(stdout, b.String())
 	if bc.Out != "" {
-		if err := os.WriteFile(bc.Out, []byte(b.String()), 0o644); err != nil {
-			return err
+		flag := os.O_CREATE | os.O_WRONLY | os.O_TRUNC
+		if bc.Modes != "" {
+			flag = os.O_CREATE | os.O_WRONLY | os.O_APPEND
 		}
+		f, err := os.OpenFile(bc.Out, flag, 0o644)
+		if err != nil {
+			return res, err
+		}
+		_, _ = f.WriteString(b.String())
+		_ = f.Close()
 	}
+	res = benchResult{sustained: sustained, p50: pct(lats, 50), p99: pct(lats, 99), flood: floodRate, lost: ackedPoints - stored}
 	say("removing the bench tenant's telemetry")
 	_, err = p.sys.Exec(ctx, `DELETE FROM telemetry WHERE tenant_id = $1`, t.ID)
-	return err
+	return res, err
 }
 
 // benchMetric is a metric the bench sends, with a value range inside its
@@ -397,9 +457,16 @@ func publishLoop(ctx context.Context, c mqtt.Client, topic string, keys []benchM
 	defer tick.Stop()
 	start := time.Now()
 	buf := make([]byte, 0, 256)
+	var last time.Time
 	for sent := int64(0); ; {
 		for due := int64(time.Since(start)/every) + 1; sent < due; sent++ {
+			// Catching up sends several messages at once: each gets its own
+			// millisecond, as a device's readings would.
 			now := time.Now().Truncate(time.Millisecond)
+			if !now.After(last) {
+				now = last.Add(time.Millisecond)
+			}
+			last = now
 			buf = appendReading(buf[:0], now, keys, func(benchMetric) float64 { return rng.Float64() })
 			if record != nil {
 				record(now)

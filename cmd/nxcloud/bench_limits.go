@@ -19,16 +19,20 @@ func floodLoop(ctx context.Context, c mqtt.Client, topic string, keys []benchMet
 	inflight := make(chan struct{}, 16)
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	cursor := time.Now().Add(-6 * time.Hour).Truncate(time.Millisecond)
 	for ctx.Err() == nil {
 		per := max(1, n/len(keys))
 		buf := make([]byte, 0, n*40)
 		buf = append(buf, '[')
-		now := time.Now()
 		for j := 0; j < per; j++ {
 			if j > 0 {
 				buf = append(buf, ',')
 			}
-			buf = appendReading(buf, now.Add(-time.Duration(per-j)*time.Millisecond), keys, func(benchMetric) float64 { return float64(j%100) / 100 })
+			// Every reading of this connection has its own millisecond, so
+			// none is a duplicate of another (the store keeps one row per
+			// device, metric and ts).
+			cursor = cursor.Add(time.Millisecond)
+			buf = appendReading(buf, cursor, keys, func(benchMetric) float64 { return float64(j%100) / 100 })
 		}
 		buf = append(buf, ']')
 		select {
@@ -89,6 +93,7 @@ func rawCopyLimit(ctx context.Context, p *benchTarget, tenant uuid.UUID, keys []
 		}
 		work[b] = items
 	}
+	span := time.Duration(k) * time.Microsecond
 	var written atomic.Int64
 	deadline := time.Now().Add(d)
 	var wg sync.WaitGroup
@@ -99,6 +104,17 @@ func rawCopyLimit(ctx context.Context, p *benchTarget, tenant uuid.UUID, keys []
 		go func() {
 			defer wg.Done()
 			for n := 0; time.Now().Before(deadline); n++ {
+				if n > 0 && n%batches == 0 {
+					// The table's key is unique: each round moves this
+					// writer's rows past every row written so far.
+					for b := 0; b < batches; b++ {
+						for _, it := range work[(w*batches+b)%len(work)] {
+							for j := range it.Points {
+								it.Points[j].TS = it.Points[j].TS.Add(span)
+							}
+						}
+					}
+				}
 				items := work[(w*batches+n%batches)%len(work)]
 				err := pgx.BeginFunc(ctx, p.sys, func(tx pgx.Tx) error {
 					_, _, err := ingest.CopyItems(ctx, tx, items)

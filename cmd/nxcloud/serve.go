@@ -143,6 +143,10 @@ func startPlatform(ctx context.Context, cfg config, log *slog.Logger, opt platfo
 	case "spool":
 	case "commit":
 		spool.Dir = ""
+	case "none":
+		// The foundation's behaviour, for benchmarks only.
+		spool.Dir, spool.AckOnAppend = "", true
+		log.Warn("ingest durability none: QoS 1 messages are acknowledged before they are durable and are lost on a crash; use it only to measure the cost of durability")
 	default:
 		return nil, fmt.Errorf("ingest durability %q: want spool or commit (NXCLOUD_INGEST_DURABILITY)", cfg.IngestDurability)
 	}
