@@ -135,12 +135,18 @@ func (s *Service) scanRun(ctx context.Context, runID int64, horizon time.Time) e
 		if r.ended != nil && !r.ended.After(horizon) {
 			end, finishing = *r.ended, true
 		}
-		if r.version != uuid.Nil && r.scannedTo.Before(end) {
+		// Re-read a little before the watermark (late points); the final
+		// pass of an ended run re-reads all of it.
+		from := r.scannedTo.Add(-s.Lookback)
+		if finishing || from.Before(r.started) {
+			from = r.started
+		}
+		if r.version != uuid.Nil && (r.scannedTo.Before(end) || finishing) {
 			for _, p := range params {
 				if p.Model != r.deviceModelKey {
 					continue
 				}
-				if err := s.scanParameter(ctx, tx, r, p, end); err != nil {
+				if err := s.scanParameter(ctx, tx, r, p, from, end, finishing); err != nil {
 					return err
 				}
 			}
@@ -162,21 +168,38 @@ func (s *Service) scanRun(ctx context.Context, runID int64, horizon time.Time) e
 	})
 }
 
-// excursion is a deviation being built by a scan.
+// excursion is a stretch of points outside the limits on one side, computed
+// by a scan or stored as a deviation.
 type excursion struct {
 	id            uuid.UUID
-	stored        bool
 	side          string
 	started, last time.Time
 	ended         *time.Time
 	worst         float64
 	worstAt       time.Time
 	points        int
+	acknowledged  bool
+	used          bool
 }
 
-// scanParameter reads one parameter's series in [r.scannedTo, end) and
-// continues, closes and opens deviations.
-func (s *Service) scanParameter(ctx context.Context, tx pgx.Tx, r run, p Parameter, end time.Time) error {
+// overlaps reports whether two excursions on the same side share time (an
+// open one extends to infinity).
+func (e *excursion) overlaps(o *excursion) bool {
+	if e.side != o.side {
+		return false
+	}
+	return (e.ended == nil || o.started.Before(*e.ended)) && (o.ended == nil || e.started.Before(*o.ended))
+}
+
+// scanParameter recomputes one parameter's excursions from the points in
+// [from, end) (from moved back to the start of a stored deviation still
+// under way at from) and reconciles them with the stored deviations: a
+// computed excursion updates the stored one it overlaps (same id: a deviation
+// that spans scans is continued, never opened twice; a late point extends
+// it), or is inserted; stored ones that a late point merged into another are
+// deleted unless acknowledged. When finishing, an excursion still under way
+// ends with the run.
+func (s *Service) scanParameter(ctx context.Context, tx pgx.Tx, r run, p Parameter, from, end time.Time, finishing bool) error {
 	var metricID int32
 	if err := tx.QueryRow(ctx, `SELECT id FROM metrics WHERE device_model_id = $1 AND key = $2`, r.deviceModelID, p.Metric).Scan(&metricID); err != nil {
 		if errors.Is(err, pgx.ErrNoRows) {
@@ -184,24 +207,76 @@ func (s *Service) scanParameter(ctx context.Context, tx pgx.Tx, r run, p Paramet
 		}
 		return err
 	}
-	var open *excursion
-	var ex excursion
-	err := tx.QueryRow(ctx, `SELECT id, limit_crossed, started_at, last_at, worst_value, worst_at, points
-		FROM recipe_deviations WHERE run_id = $1 AND metric = $2 AND ended_at IS NULL`, r.id, p.Metric).
-		Scan(&ex.id, &ex.side, &ex.started, &ex.last, &ex.worst, &ex.worstAt, &ex.points)
-	switch {
-	case err == nil:
-		ex.stored = true
-		open = &ex
-	case !errors.Is(err, pgx.ErrNoRows):
+	rows, err := tx.Query(ctx, `SELECT id, limit_crossed, started_at, ended_at, acknowledged_at IS NOT NULL
+		FROM recipe_deviations WHERE run_id = $1 AND metric = $2 AND (ended_at IS NULL OR ended_at > $3)
+		ORDER BY started_at FOR UPDATE`, r.id, p.Metric, from)
+	if err != nil {
 		return err
 	}
-	var done []*excursion
-	from := r.scannedTo
+	stored, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (*excursion, error) {
+		var e excursion
+		return &e, row.Scan(&e.id, &e.side, &e.started, &e.ended, &e.acknowledged)
+	})
+	if err != nil {
+		return err
+	}
+	for _, e := range stored {
+		if e.started.Before(from) {
+			from = e.started
+		}
+	}
+	computed, err := s.excursions(ctx, tx, r, metricID, p, from, end)
+	if err != nil {
+		return err
+	}
+	if n := len(computed); n > 0 && finishing && computed[n-1].ended == nil {
+		t := end
+		computed[n-1].ended = &t
+	}
+	for _, c := range computed {
+		var match *excursion
+		for _, st := range stored {
+			if !st.used && st.overlaps(c) {
+				if match == nil {
+					match, st.used = st, true
+					continue
+				}
+				// A late point joined two stored deviations into one.
+				st.used = true
+				if !st.acknowledged {
+					if _, err := tx.Exec(ctx, `DELETE FROM recipe_deviations WHERE id = $1`, st.id); err != nil {
+						return err
+					}
+				}
+			}
+		}
+		if match != nil {
+			_, err = tx.Exec(ctx, `UPDATE recipe_deviations SET started_at = $2, ended_at = $3, last_at = $4, worst_value = $5,
+				worst_at = $6, points = $7 WHERE id = $1`, match.id, c.started, c.ended, c.last, c.worst, c.worstAt, c.points)
+		} else {
+			_, err = tx.Exec(ctx, `INSERT INTO recipe_deviations (tenant_id, id, run_id, lot_id, device_id, version_id, metric, unit,
+				limit_crossed, lower_limit, upper_limit, setpoint, started_at, ended_at, last_at, worst_value, worst_at, points)
+				VALUES (nx_require_tenant(), $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)`,
+				uuid.New(), r.id, r.lot, r.device, r.version, p.Metric, p.Unit, c.side, p.Lower, p.Upper, p.Setpoint,
+				c.started, c.ended, c.last, c.worst, c.worstAt, c.points)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// excursions reads a series in [from, end) page by page and returns its
+// stretches outside [p.Lower, p.Upper] (limits inclusive: a point at a limit
+// is inside), oldest first; the last may still be under way (ended nil).
+func (s *Service) excursions(ctx context.Context, tx pgx.Tx, r run, metricID int32, p Parameter, from, end time.Time) ([]*excursion, error) {
+	var out []*excursion
+	var open *excursion
 	for from.Before(end) {
 		rows, err := tx.Query(ctx, `SELECT ts, value FROM telemetry_raw($1, $2, $3, $4, $5)`, r.device, metricID, from, end, scanPage)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		type point struct {
 			ts time.Time
@@ -212,7 +287,7 @@ func (s *Service) scanParameter(ctx context.Context, tx pgx.Tx, r run, p Paramet
 			return x, row.Scan(&x.ts, &x.v)
 		})
 		if err != nil {
-			return err
+			return nil, err
 		}
 		next := end
 		if len(pts) == scanPage {
@@ -240,14 +315,14 @@ func (s *Service) scanParameter(ctx context.Context, tx pgx.Tx, r run, p Paramet
 			if open != nil && side != open.side {
 				t := x.ts
 				open.ended = &t
-				done = append(done, open)
+				out = append(out, open)
 				open = nil
 			}
 			if side == "" {
 				continue
 			}
 			if open == nil {
-				open = &excursion{id: uuid.New(), side: side, started: x.ts, worst: x.v, worstAt: x.ts}
+				open = &excursion{side: side, started: x.ts, worst: x.v, worstAt: x.ts}
 			} else if (side == Upper && x.v > open.worst) || (side == Lower && x.v < open.worst) {
 				open.worst, open.worstAt = x.v, x.ts
 			}
@@ -257,23 +332,7 @@ func (s *Service) scanParameter(ctx context.Context, tx pgx.Tx, r run, p Paramet
 		from = next
 	}
 	if open != nil {
-		done = append(done, open)
+		out = append(out, open)
 	}
-	for _, e := range done {
-		var err error
-		if e.stored {
-			_, err = tx.Exec(ctx, `UPDATE recipe_deviations SET ended_at = $2, last_at = $3, worst_value = $4, worst_at = $5, points = $6
-				WHERE id = $1`, e.id, e.ended, e.last, e.worst, e.worstAt, e.points)
-		} else {
-			_, err = tx.Exec(ctx, `INSERT INTO recipe_deviations (tenant_id, id, run_id, lot_id, device_id, version_id, metric, unit,
-				limit_crossed, lower_limit, upper_limit, setpoint, started_at, ended_at, last_at, worst_value, worst_at, points)
-				VALUES (nx_require_tenant(), $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)`,
-				e.id, r.id, r.lot, r.device, r.version, p.Metric, p.Unit, e.side, p.Lower, p.Upper, p.Setpoint,
-				e.started, e.ended, e.last, e.worst, e.worstAt, e.points)
-		}
-		if err != nil {
-			return err
-		}
-	}
-	return nil
+	return out, nil
 }

@@ -232,3 +232,89 @@ func TestOpenRunDeviation(t *testing.T) {
 		t.Fatalf("deviation after the run ended: %+v", ds)
 	}
 }
+
+// TestLateData: points that arrive after the scan passed their time are
+// counted — within Lookback by the next scan (a late inside point splits a
+// deviation, late outside points add deviations), older ones by the final
+// pass when the run ends (a late point extends a deviation backwards, same
+// id).
+func TestLateData(t *testing.T) {
+	env := tenanttest.New(t)
+	tn := env.NewTenant(t)
+	ctx := context.Background()
+	tctx := tenants.WithTenant(ctx, tn.ID)
+	svc := recipe.NewService(&env.DB, nopDownlink{}, nil)
+	svc.Settle, svc.Lookback = 0, 2*time.Minute
+	approved(t, svc, tn, "R-LATE")
+	v, _ := svc.Version(tctx, "R-LATE", "1")
+	furnace, _ := env.Device(t, tn, "sinter-01", "sintering-furnace")
+	t0 := time.Now().UTC().Add(time.Hour).Truncate(time.Second) // see TestDeviationsExactly
+	at := func(s int) time.Time { return t0.Add(time.Duration(s) * time.Second) }
+	clock := func(s int) { svc.Now = func() time.Time { return at(s) } }
+	lot := seedRun(t, env, tn, "L-LATE", v.ID, furnace.ID, t0, nil)
+	scan := func() []recipe.Deviation {
+		t.Helper()
+		if _, err := svc.ScanDeviations(tctx); err != nil {
+			t.Fatal(err)
+		}
+		ds, err := svc.Deviations(tctx, recipe.DeviationQuery{Lot: "L-LATE"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ds
+	}
+	type dev struct {
+		limit       string
+		start, stop int
+		worst       float64
+		points      int
+	}
+	check := func(what string, got []recipe.Deviation, want []dev) {
+		t.Helper()
+		if len(got) != len(want) {
+			t.Fatalf("%s: %d deviations, want %d: %+v", what, len(got), len(want), got)
+		}
+		for i, w := range want { // got is newest first
+			g := got[len(got)-1-i]
+			if g.LimitCrossed != w.limit || !g.StartedAt.Equal(at(w.start)) || g.EndedAt == nil || !g.EndedAt.Equal(at(w.stop)) ||
+				g.WorstValue != w.worst || g.Points != w.points {
+				t.Errorf("%s: deviation %d = %+v, want %+v", what, i, g, w)
+			}
+		}
+	}
+	seedPoints(t, env, tn, furnace.ID, "zone1_temp", t0, map[int]float64{0: 1060, 10: 1075, 12: 1076, 14: 1077, 20: 1060,
+		30: 1060, 50: 1060, 60: 1060, 70: 1060, 80: 1060, 90: 1060})
+	clock(100)
+	first := scan()
+	check("first scan", first, []dev{{recipe.Upper, 10, 20, 1077, 3}})
+
+	// Late, within Lookback: an inside point splits A, an excursion below and
+	// one above appear.
+	seedPoints(t, env, tn, furnace.ID, "zone1_temp", t0, map[int]float64{13: 1060, 40: 1045, 55: 1071})
+	clock(110)
+	second := scan()
+	check("second scan", second, []dev{{recipe.Upper, 10, 13, 1076, 2}, {recipe.Upper, 14, 20, 1077, 1},
+		{recipe.Lower, 40, 50, 1045, 1}, {recipe.Upper, 55, 60, 1071, 1}})
+	if second[3].ID != first[0].ID {
+		t.Errorf("the split deviation lost its id")
+	}
+
+	// Much later: a point at 5 s arrives after the watermark passed 1000 s;
+	// only the final pass at the run's end sees it.
+	seedPoints(t, env, tn, furnace.ID, "zone1_temp", t0, map[int]float64{500: 1060, 1000: 1060})
+	clock(1010)
+	scan()
+	seedPoints(t, env, tn, furnace.ID, "zone1_temp", t0, map[int]float64{5: 1090})
+	clock(1020)
+	check("before the run ends", scan(), []dev{{recipe.Upper, 10, 13, 1076, 2}, {recipe.Upper, 14, 20, 1077, 1},
+		{recipe.Lower, 40, 50, 1045, 1}, {recipe.Upper, 55, 60, 1071, 1}})
+	if _, err := env.DB.System.Exec(ctx, `UPDATE lot_runs SET ended_at = $2 WHERE lot_id = $1`, lot, at(1015)); err != nil {
+		t.Fatal(err)
+	}
+	final := scan()
+	check("final pass", final, []dev{{recipe.Upper, 5, 13, 1090, 3}, {recipe.Upper, 14, 20, 1077, 1},
+		{recipe.Lower, 40, 50, 1045, 1}, {recipe.Upper, 55, 60, 1071, 1}})
+	if final[3].ID != first[0].ID {
+		t.Errorf("the extended deviation lost its id")
+	}
+}

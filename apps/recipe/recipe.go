@@ -57,9 +57,12 @@ type Service struct {
 	RetryBase   time.Duration
 	RetryMax    time.Duration
 	// Settle is how far behind now deviation detection scans, so telemetry
-	// that arrives a little late (device buffers, ingest batching) is still
-	// seen in order (default 30 s).
-	Settle time.Duration
+	// that arrives a little late (ingest batching) is seen in order (default
+	// 10 s). Lookback is how far before its watermark each scan re-reads, so
+	// points arriving later than that are still counted (default 2 min);
+	// when a run has ended, a final pass re-reads all of it.
+	Settle   time.Duration
+	Lookback time.Duration
 }
 
 // NewService returns the recipe app on db.
@@ -68,7 +71,7 @@ func NewService(db *tenants.DB, downlink Downlink, log *slog.Logger) *Service {
 		log = slog.New(slog.DiscardHandler)
 	}
 	return &Service{db: db, log: log, downlink: downlink, Now: time.Now,
-		MaxAttempts: 6, RetryBase: 30 * time.Second, RetryMax: 30 * time.Minute, Settle: 30 * time.Second}
+		MaxAttempts: 6, RetryBase: 30 * time.Second, RetryMax: 30 * time.Minute, Settle: 10 * time.Second, Lookback: 2 * time.Minute}
 }
 
 // Actor is who did something: a user or an API key, with its name.
