@@ -72,3 +72,30 @@ func BenchmarkWriterTx(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkAPICall measures the API usage group commit: each call returns
+// once its row is committed with the others answered at the same moment
+// (64 concurrent requests).
+//
+//	go test -run '^$' -bench APICall ./metering
+func BenchmarkAPICall(b *testing.B) {
+	env := tenanttest.New(b)
+	s := New(Config{}, env.DB.System, env.DB.App, env.Redis)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { s.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	for !s.api.running.Load() {
+		time.Sleep(time.Millisecond)
+	}
+	tn := env.NewTenant(b)
+	b.SetParallelism(32)
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if err := s.RecordAPICall(context.Background(), tn.ID, "telemetry:read", uuid.NewString()); err != nil {
+				b.Error(err)
+			}
+		}
+	})
+}
