@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"math"
+	"sync"
 	"time"
 
 	"github.com/google/uuid"
@@ -172,6 +173,7 @@ func (s *Service) SPC(ctx context.Context, q SPCQuery) (SPCResult, error) {
 		if err != nil {
 			return err
 		}
+		defer data.release()
 		out, err = buildSPC(q, data, lsl, usl, source)
 		if err != nil {
 			return err
@@ -246,6 +248,18 @@ type pointMeta struct {
 	at  time.Time
 }
 
+// valueBufs recycles the value buffers of SPC queries: a million values are
+// 8 MB, which growing by appending would copy about twice over per query.
+var valueBufs = sync.Pool{New: func() any { b := make([]float64, 0, 1<<16); return &b }}
+
+// release returns d's value buffer to the pool; buildSPC keeps no reference
+// to it.
+func (d *spcData) release() {
+	b := d.values[:0]
+	d.values = nil
+	valueBufs.Put(&b)
+}
+
 func (d *spcData) keep(m pointMeta) {
 	d.ring[d.points%len(d.ring)] = m
 	d.points++
@@ -269,7 +283,7 @@ func fetchSPC(ctx context.Context, tx pgx.Tx, q SPCQuery, lineID *uuid.UUID) (*s
 		return nil, fmt.Errorf("spc values: %w", err)
 	}
 	defer rows.Close()
-	d := &spcData{ring: make([]pointMeta, q.Points), values: make([]float64, 0, 1<<16)}
+	d := &spcData{ring: make([]pointMeta, q.Points), values: (*valueBufs.Get().(*[]float64))[:0]}
 	group := make([]float64, 0, maxN)
 	for rows.Next() {
 		raw := rows.RawValues()
