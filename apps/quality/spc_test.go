@@ -66,6 +66,42 @@ func TestXbarRMontgomeryHardBake(t *testing.T) {
 	}
 }
 
+// TestXbarSMontgomeryPistonRings reproduces Montgomery, Introduction to
+// Statistical Quality Control, Example 6.3: X̄ and S charts of the piston
+// ring diameters of Table 6.3 (25 samples of 5):
+// testdata/montgomery_piston_rings_xbar_s.json, published to 3-4 decimals.
+func TestXbarSMontgomeryPistonRings(t *testing.T) {
+	var ex struct {
+		N         int
+		Subgroups [][]float64
+		Published map[string]float64
+	}
+	readJSON(t, "testdata/montgomery_piston_rings_xbar_s.json", &ex)
+	var vs []float64
+	for _, g := range ex.Subgroups {
+		vs = append(vs, g...)
+	}
+	c, err := ComputeChart(ChartXbarS, vs, ex.N)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := ex.Published
+	near(t, "x̿", c.XLimits.Center, p["xbarbar"], 5e-4)
+	near(t, "S̄", c.RLimits.Center, p["sbar"], 5e-5)
+	// The book computes the limits from the rounded X̿ = 74.001 and
+	// S̄ = 0.0094 (74.001 + 1.427·0.0094 = 74.0144); unrounded they are
+	// 74.00118 + 1.4273·0.0093997 = 74.0146.
+	near(t, "UCL x̄", c.XLimits.UCL, p["x_ucl"], 1e-3)
+	near(t, "LCL x̄", c.XLimits.LCL, p["x_lcl"], 1e-3)
+	near(t, "UCL S", c.RLimits.UCL, p["s_ucl"], 5e-5)
+	near(t, "LCL S", c.RLimits.LCL, p["s_lcl"], 0)
+	r, err := ComputeChart(ChartXbarR, vs, ex.N)
+	if err != nil {
+		t.Fatal(err)
+	}
+	near(t, "ΣR", r.RLimits.Center*25, p["sum_r"], 5e-9)
+}
+
 // TestIMRNISTExample reproduces the individuals chart example of the
 // NIST/SEMATECH e-Handbook of Statistical Methods, section 6.3.2.2:
 // testdata/nist_6322_individuals.json (published to two decimals).
