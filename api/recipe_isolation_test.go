@@ -85,7 +85,8 @@ func seedRecipe(t *testing.T, s *testServer, a tenanttest.Tenant, cred string) r
 	if _, err := svc.ScanDeviations(tenants.WithTenant(ctx, a.ID)); err != nil {
 		t.Fatal(err)
 	}
-	ds, err := svc.Deviations(tenants.WithTenant(ctx, a.ID), recipe.DeviationQuery{Lot: f.lot})
+	dsPage, err := svc.Deviations(tenants.WithTenant(ctx, a.ID), recipe.DeviationQuery{Lot: f.lot})
+	ds := dsPage.Items
 	if err != nil || len(ds) != 1 {
 		t.Fatalf("seeded deviations: %+v %v", ds, err)
 	}

@@ -202,7 +202,8 @@ func TestRecipeSchemasMatchGoTypes(t *testing.T) {
 		"RecipeAcknowledgeInput": {recipe.AcknowledgeInput{}, false}, "RecipeParameterChange": {recipe.ParameterChange{}, true},
 		"RecipeIngredientChange": {recipe.IngredientChange{}, true}, "RecipeParameterDiff": {recipe.ParameterDiff{}, true},
 		"RecipeIngredientDiff": {recipe.IngredientDiff{}, true}, "RecipeDiff": {recipe.Diff{}, true},
-		"RecipeParameterSet": {recipe.ParameterSet{}, true},
+		"RecipeParameterSet": {recipe.ParameterSet{}, true}, "RecipeDownloadPage": {recipe.DownloadPage{}, true},
+		"RecipeDeviationPage": {recipe.DeviationPage{}, true},
 	} {
 		schema := obj(schemas[name])
 		if schema == nil {

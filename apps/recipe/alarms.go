@@ -86,25 +86,38 @@ type DeviationQuery struct {
 	State        string // open or closed
 	Acknowledged string // true or false
 	Limit        int
+	// Cursor is next_cursor of the previous page.
+	Cursor string
 }
 
-// Deviations lists deviations, newest first (at most Limit, default 100, at
-// most 1000). Errors: invalid (field state, acknowledged or limit).
-func (s *Service) Deviations(ctx context.Context, q DeviationQuery) ([]Deviation, error) {
+// DeviationPage is a page of deviations.
+type DeviationPage struct {
+	Items      []Deviation `json:"items"`
+	NextCursor string      `json:"next_cursor,omitempty"`
+}
+
+// Deviations lists deviations, newest first, a page of at most Limit
+// (default 100, at most 1000). Errors: invalid (field state, acknowledged,
+// limit or cursor), not_found (the lot or device of a filter).
+func (s *Service) Deviations(ctx context.Context, q DeviationQuery) (DeviationPage, error) {
+	page := DeviationPage{Items: []Deviation{}}
+	cur, err := parseCursor(q.Cursor)
+	if err != nil {
+		return page, err
+	}
 	if q.State != "" && q.State != "open" && q.State != "closed" {
-		return nil, apps.FieldError("state", "state is open or closed")
+		return page, apps.FieldError("state", "state is open or closed")
 	}
 	if q.Acknowledged != "" && q.Acknowledged != "true" && q.Acknowledged != "false" {
-		return nil, apps.FieldError("acknowledged", "acknowledged is true or false")
+		return page, apps.FieldError("acknowledged", "acknowledged is true or false")
 	}
 	if q.Limit == 0 {
 		q.Limit = 100
 	}
 	if q.Limit > 1000 {
-		return nil, apps.FieldError("limit", "limit is at most 1000")
+		return page, apps.FieldError("limit", "limit is at most 1000")
 	}
-	out := []Deviation{}
-	err := tenants.InTx(ctx, s.db.App, func(tx pgx.Tx) error {
+	err = tenants.InTx(ctx, s.db.App, func(tx pgx.Tx) error {
 		lot, err := resolveRef(ctx, tx, "lots", "lot", q.Lot)
 		if err != nil {
 			return err
@@ -117,14 +130,24 @@ func (s *Service) Deviations(ctx context.Context, q DeviationQuery) ([]Deviation
 			WHERE ($1::uuid IS NULL OR x.lot_id = $1) AND ($2::uuid IS NULL OR x.device_id = $2)
 			  AND ($3 = '' OR ($3 = 'open') = (x.ended_at IS NULL))
 			  AND ($4 = '' OR ($4 = 'true') = (x.acknowledged_at IS NOT NULL))
-			ORDER BY x.started_at DESC, x.id LIMIT $5`, lot, device, q.State, q.Acknowledged, q.Limit)
+			  AND ($6::timestamptz IS NULL OR (x.started_at, x.id) < ($6, $7))
+			ORDER BY x.started_at DESC, x.id DESC LIMIT $5`, lot, device, q.State, q.Acknowledged, q.Limit+1, cur.at, cur.id)
 		if err != nil {
 			return err
 		}
-		out, err = pgx.CollectRows(rows, scanDeviation)
-		return err
+		items, err := pgx.CollectRows(rows, scanDeviation)
+		if err != nil {
+			return err
+		}
+		if len(items) > q.Limit {
+			items = items[:q.Limit]
+			last := items[len(items)-1]
+			page.NextCursor = cursor{at: &last.StartedAt, id: last.ID}.String()
+		}
+		page.Items = append(page.Items, items...)
+		return nil
 	})
-	return out, err
+	return page, err
 }
 
 // Deviation returns one deviation. Errors: not_found.

@@ -60,7 +60,8 @@ func BenchmarkScanDeviations(b *testing.B) {
 		}
 	}
 	b.StopTimer()
-	ds, err := svc.Deviations(tctx, recipe.DeviationQuery{Lot: "L-BENCH", Limit: 1000})
+	dsPage, err := svc.Deviations(tctx, recipe.DeviationQuery{Lot: "L-BENCH", Limit: 1000})
+	ds := dsPage.Items
 	if err != nil || len(ds) != n/1000 {
 		b.Fatalf("%d deviations (%v), want %d", len(ds), err, n/1000)
 	}

@@ -108,7 +108,8 @@ func TestDeviationsExactly(t *testing.T) {
 	if _, err := svc.ScanDeviations(tctx); err != nil {
 		t.Fatal(err)
 	}
-	first, err := svc.Deviations(tctx, recipe.DeviationQuery{Lot: "L-DEV-1"})
+	firstPage, err := svc.Deviations(tctx, recipe.DeviationQuery{Lot: "L-DEV-1"})
+	first := firstPage.Items
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -125,7 +126,8 @@ func TestDeviationsExactly(t *testing.T) {
 	if _, err := svc.ScanDeviations(tctx); err != nil {
 		t.Fatal(err)
 	}
-	got, err := svc.Deviations(tctx, recipe.DeviationQuery{Lot: lot.String()})
+	gotPage, err := svc.Deviations(tctx, recipe.DeviationQuery{Lot: lot.String()})
+	got := gotPage.Items
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -171,11 +173,24 @@ func TestDeviationsExactly(t *testing.T) {
 		{Acknowledged: "true"}: 1, {Acknowledged: "false"}: 2, {State: "open"}: 0, {State: "closed"}: 3,
 		{Device: "sinter-02"}: 0, {Device: "sinter-01", Lot: "L-DEV-1"}: 3, {Device: furnace.ID.String()}: 3,
 	} {
-		ds, err := svc.Deviations(tctx, q)
+		dsPage, err := svc.Deviations(tctx, q)
+		ds := dsPage.Items
 		if err != nil || len(ds) != n {
 			t.Errorf("deviations %+v: %d (%v), want %d", q, len(ds), err, n)
 		}
 	}
+	// Pages of two, newest first, then one.
+	p1, err := svc.Deviations(tctx, recipe.DeviationQuery{Lot: "L-DEV-1", Limit: 2})
+	if err != nil || len(p1.Items) != 2 || p1.NextCursor == "" || p1.Items[0].ID != got[0].ID {
+		t.Fatalf("first page: %+v %v", p1, err)
+	}
+	p2, err := svc.Deviations(tctx, recipe.DeviationQuery{Lot: "L-DEV-1", Limit: 2, Cursor: p1.NextCursor})
+	if err != nil || len(p2.Items) != 1 || p2.NextCursor != "" || p2.Items[0].ID != got[2].ID {
+		t.Fatalf("second page: %+v %v", p2, err)
+	}
+	_, err = svc.Deviations(tctx, recipe.DeviationQuery{Cursor: "nope"})
+	wantCode(t, "bad cursor", err, apps.Invalid, "cursor")
+
 	// The lot's trace details.
 	err = tenants.InTx(tctx, env.DB.App, func(tx pgx.Tx) error {
 		m, err := svc.LotDetails(tctx, tx, []uuid.UUID{lot, uuid.New()})
@@ -216,7 +231,8 @@ func TestOpenRunDeviation(t *testing.T) {
 	if _, err := svc.ScanDeviations(tctx); err != nil {
 		t.Fatal(err)
 	}
-	ds, _ := svc.Deviations(tctx, recipe.DeviationQuery{State: "open"})
+	dsPage, _ := svc.Deviations(tctx, recipe.DeviationQuery{State: "open"})
+	ds := dsPage.Items
 	if len(ds) != 1 || ds[0].WorstValue != 1077 || ds[0].EndedAt != nil {
 		t.Fatalf("open deviation: %+v", ds)
 	}
@@ -227,7 +243,8 @@ func TestOpenRunDeviation(t *testing.T) {
 	if _, err := svc.ScanDeviations(tctx); err != nil {
 		t.Fatal(err)
 	}
-	ds, _ = svc.Deviations(tctx, recipe.DeviationQuery{Lot: "L-OPEN"})
+	dsPage, _ = svc.Deviations(tctx, recipe.DeviationQuery{Lot: "L-OPEN"})
+	ds = dsPage.Items
 	if len(ds) != 1 || ds[0].EndedAt == nil || !ds[0].EndedAt.Equal(end) {
 		t.Fatalf("deviation after the run ended: %+v", ds)
 	}
@@ -257,7 +274,8 @@ func TestLateData(t *testing.T) {
 		if _, err := svc.ScanDeviations(tctx); err != nil {
 			t.Fatal(err)
 		}
-		ds, err := svc.Deviations(tctx, recipe.DeviationQuery{Lot: "L-LATE"})
+		dsPage, err := svc.Deviations(tctx, recipe.DeviationQuery{Lot: "L-LATE"})
+		ds := dsPage.Items
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -43,21 +43,35 @@ type DownloadQuery struct {
 	Status  string
 	Version string // a version id
 	Limit   int
+	// Cursor is next_cursor of the previous page.
+	Cursor string
 }
 
-// Downloads lists downloads, newest first (at most Limit, default 100, at
-// most 1000). Errors: invalid (field status, version or limit).
-func (s *Service) Downloads(ctx context.Context, q DownloadQuery) ([]Download, error) {
+// DownloadPage is a page of downloads.
+type DownloadPage struct {
+	Items      []Download `json:"items"`
+	NextCursor string     `json:"next_cursor,omitempty"`
+}
+
+// Downloads lists downloads, newest first, a page of at most Limit (default
+// 100, at most 1000). Errors: invalid (field status, version_id, limit or
+// cursor), not_found (the device or version of a filter).
+func (s *Service) Downloads(ctx context.Context, q DownloadQuery) (DownloadPage, error) {
+	page := DownloadPage{Items: []Download{}}
+	cur, err := parseCursor(q.Cursor)
+	if err != nil {
+		return page, err
+	}
 	switch q.Status {
 	case "", Pending, Sent, Applied, Rejected, TimedOut, Superseded:
 	default:
-		return nil, apps.FieldError("status", "status is one of pending, sent, applied, rejected, timed_out, superseded")
+		return page, apps.FieldError("status", "status is one of pending, sent, applied, rejected, timed_out, superseded")
 	}
 	var version *uuid.UUID
 	if q.Version != "" {
 		id, err := uuid.Parse(q.Version)
 		if err != nil {
-			return nil, apps.FieldError("version_id", "version_id is a version id (UUID)")
+			return page, apps.FieldError("version_id", "version_id is a version id (UUID)")
 		}
 		version = &id
 	}
@@ -65,10 +79,9 @@ func (s *Service) Downloads(ctx context.Context, q DownloadQuery) ([]Download, e
 		q.Limit = 100
 	}
 	if q.Limit > 1000 {
-		return nil, apps.FieldError("limit", "limit is at most 1000")
+		return page, apps.FieldError("limit", "limit is at most 1000")
 	}
-	var out []Download
-	err := tenants.InTx(ctx, s.db.App, func(tx pgx.Tx) error {
+	err = tenants.InTx(ctx, s.db.App, func(tx pgx.Tx) error {
 		device, err := resolveRef(ctx, tx, "devices", "device", q.Device)
 		if err != nil {
 			return err
@@ -81,17 +94,24 @@ func (s *Service) Downloads(ctx context.Context, q DownloadQuery) ([]Download, e
 		rows, err := tx.Query(ctx, `SELECT `+downloadColumns+downloadFrom+`
 			WHERE ($1::uuid IS NULL OR d.device_id = $1) AND ($2 = '' OR l.key = $2) AND ($3 = '' OR d.status = $3)
 			  AND ($4::uuid IS NULL OR d.version_id = $4)
-			ORDER BY d.created_at DESC, d.id LIMIT $5`, device, q.Line, q.Status, version, q.Limit)
+			  AND ($6::timestamptz IS NULL OR (d.created_at, d.id) < ($6, $7))
+			ORDER BY d.created_at DESC, d.id DESC LIMIT $5`, device, q.Line, q.Status, version, q.Limit+1, cur.at, cur.id)
 		if err != nil {
 			return err
 		}
-		out, err = pgx.CollectRows(rows, scanDownload)
-		return err
+		items, err := pgx.CollectRows(rows, scanDownload)
+		if err != nil {
+			return err
+		}
+		if len(items) > q.Limit {
+			items = items[:q.Limit]
+			last := items[len(items)-1]
+			page.NextCursor = cursor{at: &last.CreatedAt, id: last.ID}.String()
+		}
+		page.Items = append(page.Items, items...)
+		return nil
 	})
-	if out == nil {
-		out = []Download{}
-	}
-	return out, err
+	return page, err
 }
 
 // Download returns one download. Errors: not_found.

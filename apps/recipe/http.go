@@ -179,8 +179,8 @@ func (h *Handler) downloads(c echo.Context) error {
 		return err
 	}
 	out, err := h.svc.Downloads(c.Request().Context(), DownloadQuery{Device: c.QueryParam("device"), Line: c.QueryParam("line"),
-		Status: c.QueryParam("status"), Version: c.QueryParam("version_id"), Limit: limit})
-	return items(c, out, err)
+		Status: c.QueryParam("status"), Version: c.QueryParam("version_id"), Limit: limit, Cursor: c.QueryParam("cursor")})
+	return one(c, http.StatusOK, out, err)
 }
 
 func (h *Handler) getDownload(c echo.Context) error {
@@ -199,8 +199,8 @@ func (h *Handler) deviations(c echo.Context) error {
 		return err
 	}
 	out, err := h.svc.Deviations(c.Request().Context(), DeviationQuery{Lot: c.QueryParam("lot"), Device: c.QueryParam("device"),
-		State: c.QueryParam("state"), Acknowledged: c.QueryParam("acknowledged"), Limit: limit})
-	return items(c, out, err)
+		State: c.QueryParam("state"), Acknowledged: c.QueryParam("acknowledged"), Limit: limit, Cursor: c.QueryParam("cursor")})
+	return one(c, http.StatusOK, out, err)
 }
 
 func (h *Handler) getDeviation(c echo.Context) error {
