@@ -180,6 +180,9 @@ type openDownload struct {
 // (or of a device) superseded, and returns the devices whose retained command
 // should be cleared.
 func supersedeOpen(ctx context.Context, tx pgx.Tx, version, device uuid.UUID, reason string) ([]openDownload, error) {
+	if version == uuid.Nil && device == uuid.Nil {
+		return nil, nil // never every download of the tenant
+	}
 	rows, err := tx.Query(ctx, `UPDATE recipe_downloads d SET status = 'superseded', reason = $3, next_attempt_at = NULL
 		FROM devices dev, tenants t
 		WHERE dev.id = d.device_id AND t.id = d.tenant_id AND d.status IN ('pending', 'sent')
