@@ -64,9 +64,6 @@ CREATE TABLE inspection_results (
     created_at      timestamptz NOT NULL DEFAULT now(),
     UNIQUE (lot_id, characteristic, sample)
 );
--- SPC reads one characteristic's values in time order from this index alone.
-CREATE INDEX inspection_results_spc_idx
-    ON inspection_results (tenant_id, characteristic, measured_at, id) INCLUDE (lot_id, subgroup, value);
 
 -- A nonconformance of a lot: raised by judgement (one per lot and failing
 -- characteristic, kept up to date with the worst value) or recorded by a
