@@ -232,17 +232,21 @@ func (s *Service) store(ctx context.Context, tx pgx.Tx, l Lot, rows []pendingRes
 	return out, nil
 }
 
-// refreshSeries rebuilds a lot's inspection_series rows (its values per
-// characteristic in subgroup and sample order, which SPC reads) for keys.
+// refreshSeries rebuilds a lot's inspection_series rows for keys: its values
+// packed in subgroup and sample order (float8send, 8 bytes each) and the
+// sizes of its subgroups, which SPC reads.
 func refreshSeries(ctx context.Context, tx pgx.Tx, lot uuid.UUID, keys []string) error {
 	_, err := tx.Exec(ctx, `
-		INSERT INTO inspection_series (tenant_id, lot_id, characteristic, first_at, subgroup_list, value_list)
-		SELECT nx_tenant(), lot_id, characteristic, min(measured_at),
-			array_agg(subgroup ORDER BY subgroup, sample), array_agg(value ORDER BY subgroup, sample)
-		FROM inspection_results WHERE tenant_id = nx_require_tenant() AND lot_id = $1 AND characteristic = ANY($2)
-		GROUP BY lot_id, characteristic
+		INSERT INTO inspection_series (tenant_id, lot_id, characteristic, first_at, subgroup_sizes, value_data)
+		SELECT nx_require_tenant(), $1, g.characteristic, min(g.first_at),
+			array_agg(g.size ORDER BY g.subgroup), string_agg(g.data, ''::bytea ORDER BY g.subgroup)
+		FROM (SELECT characteristic, subgroup, min(measured_at) AS first_at, count(*)::int AS size,
+				string_agg(float8send(value), ''::bytea ORDER BY sample) AS data
+			FROM inspection_results WHERE tenant_id = nx_require_tenant() AND lot_id = $1 AND characteristic = ANY($2)
+			GROUP BY characteristic, subgroup) g
+		GROUP BY g.characteristic
 		ON CONFLICT (lot_id, characteristic) DO UPDATE SET first_at = EXCLUDED.first_at,
-			subgroup_list = EXCLUDED.subgroup_list, value_list = EXCLUDED.value_list`, lot, keys)
+			subgroup_sizes = EXCLUDED.subgroup_sizes, value_data = EXCLUDED.value_data`, lot, keys)
 	if err != nil {
 		return fmt.Errorf("refresh inspection series: %w", err)
 	}

@@ -102,10 +102,12 @@ func loadBench(b *testing.B, sys *pgxpool.Pool, tenant uuid.UUID) {
 	}
 	// What apps/quality keeps in step on every insert, built at once here.
 	_, err = sys.Exec(ctx, `
-		INSERT INTO inspection_series (tenant_id, lot_id, characteristic, first_at, subgroup_list, value_list)
-		SELECT tenant_id, lot_id, characteristic, min(measured_at),
-			array_agg(subgroup ORDER BY subgroup, sample), array_agg(value ORDER BY subgroup, sample)
-		FROM inspection_results WHERE tenant_id = $1 GROUP BY tenant_id, lot_id, characteristic`, tenant)
+		INSERT INTO inspection_series (tenant_id, lot_id, characteristic, first_at, subgroup_sizes, value_data)
+		SELECT $1, g.lot_id, g.characteristic, min(g.first_at), array_agg(g.size ORDER BY g.subgroup), string_agg(g.data, ''::bytea ORDER BY g.subgroup)
+		FROM (SELECT lot_id, characteristic, subgroup, min(measured_at) AS first_at, count(*)::int AS size,
+				string_agg(float8send(value), ''::bytea ORDER BY sample) AS data
+			FROM inspection_results WHERE tenant_id = $1 GROUP BY lot_id, characteristic, subgroup) g
+		GROUP BY g.lot_id, g.characteristic`, tenant)
 	if err != nil {
 		b.Fatal(err)
 	}

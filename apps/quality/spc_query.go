@@ -266,15 +266,16 @@ func (d *spcData) keep(m pointMeta) {
 }
 
 // fetchSPC reads the values lot by lot from inspection_series (one row per
-// lot, its values as arrays), decoding the binary arrays by hand, so a million
-// values cost a few thousand rows and no per-value allocation.
+// lot: its values packed as 8-byte floats, its subgroup sizes), decoding the
+// binary columns by hand, so a million values cost a few thousand rows, 8 MB
+// and no per-value allocation.
 func fetchSPC(ctx context.Context, tx pgx.Tx, q SPCQuery, lineID *uuid.UUID) (*spcData, error) {
-	sql := `SELECT s.lot_id, s.first_at, s.subgroup_list, s.value_list FROM inspection_series s
+	sql := `SELECT s.lot_id, s.first_at, s.subgroup_sizes, s.value_data FROM inspection_series s
 		WHERE s.tenant_id = nx_require_tenant() AND s.characteristic = $1 AND s.first_at >= $2 AND s.first_at < $3`
 	args := []any{q.Characteristic, lowTime(q.From), highTime(q.To)}
 	if q.Product != "" || q.Grade != "" || lineID != nil {
-		sql += ` AND s.lot_id IN (SELECT id FROM lots WHERE tenant_id = nx_require_tenant() AND ($4 = '' OR product = $4) AND ($5 = '' OR grade_code = $5)
-			AND ($6::uuid IS NULL OR line_id = $6))`
+		sql += ` AND s.lot_id IN (SELECT id FROM lots WHERE tenant_id = nx_require_tenant() AND ($4 = '' OR product = $4)
+			AND ($5 = '' OR grade_code = $5) AND ($6::uuid IS NULL OR line_id = $6))`
 		args = append(args, q.Product, q.Grade, lineID)
 	}
 	sql += ` ORDER BY s.first_at, s.lot_id`
@@ -284,46 +285,40 @@ func fetchSPC(ctx context.Context, tx pgx.Tx, q SPCQuery, lineID *uuid.UUID) (*s
 	}
 	defer rows.Close()
 	d := &spcData{ring: make([]pointMeta, q.Points), values: (*valueBufs.Get().(*[]float64))[:0]}
-	group := make([]float64, 0, maxN)
 	for rows.Next() {
 		raw := rows.RawValues()
-		if len(raw) != 4 || len(raw[0]) != 16 || len(raw[1]) != 8 {
+		if len(raw) != 4 || len(raw[0]) != 16 || len(raw[1]) != 8 || len(raw[3])%8 != 0 {
 			return nil, fmt.Errorf("spc values: unexpected row encoding")
 		}
 		meta := pointMeta{uuid.UUID(raw[0]), pgTime(raw[1])}
-		sgs, err := arrayBody(raw[2], 4)
+		sizes, err := arrayBody(raw[2], 4)
 		if err != nil {
 			return nil, err
 		}
-		vals, err := arrayBody(raw[3], 8)
-		if err != nil {
-			return nil, err
-		}
-		count := len(vals) / 12
-		if len(sgs)/8 != count {
-			return nil, fmt.Errorf("spc values: %d subgroups for %d values", len(sgs)/8, count)
-		}
-		value := func(i int) float64 { return math.Float64frombits(binary.BigEndian.Uint64(vals[i*12+4:])) }
-		subgroup := func(i int) uint32 { return binary.BigEndian.Uint32(sgs[i*8+4:]) }
+		vals := raw[3]
+		count := len(vals) / 8
 		if q.N == 1 {
 			for i := 0; i < count; i++ {
-				d.values = append(d.values, value(i))
+				d.values = append(d.values, math.Float64frombits(binary.BigEndian.Uint64(vals[i*8:])))
 				d.keep(meta)
 			}
 			continue
 		}
-		for i := 0; i < count; {
-			sg := subgroup(i)
-			group = group[:0]
-			for ; i < count && subgroup(i) == sg; i++ {
-				group = append(group, value(i))
+		at := 0
+		for p := 0; p < len(sizes); p += 8 {
+			size := int(binary.BigEndian.Uint32(sizes[p+4:]))
+			if size < 1 || at+size > count {
+				return nil, fmt.Errorf("spc values: subgroup sizes do not add up")
 			}
-			if len(group) != q.N {
+			if size == q.N {
+				for i := at; i < at+size; i++ {
+					d.values = append(d.values, math.Float64frombits(binary.BigEndian.Uint64(vals[i*8:])))
+				}
+				d.keep(meta)
+			} else {
 				d.excluded++
-				continue
 			}
-			d.values = append(d.values, group...)
-			d.keep(meta)
+			at += size
 		}
 	}
 	if err := rows.Err(); err != nil {

@@ -118,15 +118,19 @@ GRANT SELECT, INSERT, UPDATE ON nonconformances TO nxcloud_app;
 -- step with inspection_results by apps/quality (same transaction), so SPC
 -- reads one row per lot instead of one per value. first_at is the lot's first
 -- measurement of the characteristic: charts run lot by lot in that order.
+-- value_data packs the values as 8-byte big-endian floats (float8send);
+-- subgroup_sizes are the sizes of the lot's consecutive subgroups.
 CREATE TABLE inspection_series (
     tenant_id       uuid NOT NULL REFERENCES tenants (id),
     lot_id          uuid NOT NULL REFERENCES lots (id),
     characteristic  text NOT NULL,
     first_at        timestamptz NOT NULL,
-    subgroup_list   integer[] NOT NULL,
-    value_list      double precision[] NOT NULL,
+    subgroup_sizes  integer[] NOT NULL,
+    value_data      bytea NOT NULL CHECK (length(value_data) % 8 = 0),
     PRIMARY KEY (lot_id, characteristic)
 );
+-- Measured values do not compress: store them out of line as they are.
+ALTER TABLE inspection_series ALTER COLUMN value_data SET STORAGE EXTERNAL;
 CREATE INDEX inspection_series_spc_idx ON inspection_series (tenant_id, characteristic, first_at, lot_id);
 
 ALTER TABLE inspection_series ENABLE ROW LEVEL SECURITY;
