@@ -9,7 +9,6 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 
-	"github.com/nxcloud/nxcloud/apps"
 	"github.com/nxcloud/nxcloud/tenants"
 )
 
@@ -222,9 +221,13 @@ func (s *Service) store(ctx context.Context, tx pgx.Tx, l Lot, rows []pendingRes
 	if err != nil {
 		return nil, tenants.StoreError(err, "inspection results")
 	}
-	touched := make([]string, 0, len(next))
-	for k := range next {
-		touched = append(touched, k)
+	seen := map[string]bool{}
+	touched := make([]string, 0, 4)
+	for _, p := range rows {
+		if !seen[p.key] {
+			seen[p.key] = true
+			touched = append(touched, p.key)
+		}
 	}
 	if err := refreshSeries(ctx, tx, l.ID, touched); err != nil {
 		return nil, err
@@ -296,8 +299,5 @@ func (s *Service) Results(ctx context.Context, lotRef string) ([]Result, error) 
 		})
 		return err
 	})
-	if err != nil && apps.Code(err) == apps.Internal {
-		return nil, fmt.Errorf("results: %w", err)
-	}
 	return out, err
 }
