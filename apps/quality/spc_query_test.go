@@ -117,3 +117,38 @@ func TestSPCEndpointMatchesComputation(t *testing.T) {
 		wantCode(t, "SPC "+c.field, err, c.code, c.field)
 	}
 }
+
+// Values stored in several requests, subgroups out of order, chart in
+// subgroup order within the lot.
+func TestSPCSeriesFollowsSubgroups(t *testing.T) {
+	t.Parallel()
+	env := tenanttest.New(t)
+	tn := env.NewTenant(t)
+	svc := quality.NewService(&env.DB, nil)
+	ctx := tn.Ctx()
+	newLot(t, env, tn, "L-ORD", "", "")
+	post := func(sg int, vs ...float64) {
+		in := quality.ResultsInput{}
+		for _, v := range vs {
+			in.Results = append(in.Results, quality.ResultInput{Characteristic: "hcj", Value: f(v), Subgroup: sg})
+		}
+		if _, err := svc.AddResults(ctx, "L-ORD", in); err != nil {
+			t.Fatal(err)
+		}
+	}
+	post(2, 1040, 1041)
+	post(1, 1030, 1031)
+	post(3, 1050)
+	post(3, 1051)
+	res, err := svc.SPC(ctx, quality.SPCQuery{Characteristic: "hcj", N: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []float64
+	for _, p := range res.Points {
+		got = append(got, p.Value)
+	}
+	if len(got) != 3 || got[0] != 1030.5 || got[1] != 1040.5 || got[2] != 1050.5 || res.Excluded != 0 {
+		t.Fatalf("points %v, excluded %d", got, res.Excluded)
+	}
+}
