@@ -107,13 +107,11 @@ func (s *Service) Trace(ctx context.Context, q TraceQuery) (Trace, error) {
 	if q.MaxDepth < 0 {
 		return Trace{}, apps.FieldError("depth", "depth must be positive")
 	}
+	tenant, _ := tenants.FromContext(ctx)
 	var out Trace
 	err := s.inTx(ctx, func(tx pgx.Tx) error {
-		root, err := resolveLot(ctx, tx, q.Lot, "")
-		if err != nil {
-			return err
-		}
-		out, err = s.trace(ctx, tx, root, q)
+		var err error
+		out, err = s.trace(ctx, tx, tenant, q)
 		return err
 	})
 	return out, err
@@ -125,39 +123,59 @@ type edge struct {
 	quantity      float64
 }
 
-// walk returns every link reachable from root in the direction. The
-// recursive CTE unions on the lot id, so each lot is expanded once: it ends
-// on any graph, cycles included, and its work is linear in the links reached.
-func walk(ctx context.Context, q tenants.Querier, root uuid.UUID, direction string) ([]edge, error) {
-	sql := `WITH RECURSIVE reach(id) AS (
-			SELECT $1::uuid
-			UNION
-			SELECT l.parent_id FROM reach r JOIN lot_links l ON l.tenant_id = $2 AND l.child_id = r.id
-		)
-		SELECT l.parent_id, l.child_id, l.kind, l.quantity::float8
-		FROM reach r JOIN lot_links l ON l.tenant_id = $2 AND l.child_id = r.id`
+// walk finds the root lot (by code or id) and returns every link reachable
+// from it in the direction, in one statement. The recursive CTE unions on the
+// lot id, so each lot is expanded once: it ends on any graph, cycles included,
+// and its work is linear in the links reached. Errors: not_found (root).
+func walk(ctx context.Context, q tenants.Querier, tenant uuid.UUID, ref, direction string) (uuid.UUID, string, []edge, error) {
+	from, to := "child_id", "parent_id"
 	if direction == Forward {
-		sql = `WITH RECURSIVE reach(id) AS (
-			SELECT $1::uuid
+		from, to = "parent_id", "child_id"
+	}
+	// from/to are one of two fixed column names, never input.
+	sql := `WITH RECURSIVE root AS (
+			SELECT id, code FROM lots WHERE tenant_id = $1 AND (code = $2 OR id = $3) LIMIT 1
+		), reach(id) AS (
+			SELECT id FROM root
 			UNION
-			SELECT l.child_id FROM reach r JOIN lot_links l ON l.tenant_id = $2 AND l.parent_id = r.id
+			SELECT l.` + to + ` FROM reach r JOIN lot_links l ON l.tenant_id = $1 AND l.` + from + ` = r.id
+		), edges AS (
+			SELECT l.parent_id, l.child_id, l.kind, l.quantity::float8 AS quantity
+			FROM reach r JOIN lot_links l ON l.tenant_id = $1 AND l.` + from + ` = r.id
 		)
-		SELECT l.parent_id, l.child_id, l.kind, l.quantity::float8
-		FROM reach r JOIN lot_links l ON l.tenant_id = $2 AND l.parent_id = r.id`
+		SELECT root.id, root.code, e.parent_id, e.child_id, e.kind, e.quantity FROM root LEFT JOIN edges e ON true`
+	var id *uuid.UUID
+	if u, err := uuid.Parse(ref); err == nil {
+		id = &u
 	}
-	var tenant uuid.UUID
-	if err := q.QueryRow(ctx, `SELECT nx_require_tenant()`).Scan(&tenant); err != nil {
-		return nil, err
-	}
-	rows, err := q.Query(ctx, sql, root, tenant)
+	rows, err := q.Query(ctx, sql, tenant, ref, id)
 	if err != nil {
-		return nil, err
+		return uuid.Nil, "", nil, err
 	}
-	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (edge, error) {
-		var e edge
-		err := r.Scan(&e.parent, &e.child, &e.kind, &e.quantity)
-		return e, err
-	})
+	defer rows.Close()
+	var root uuid.UUID
+	var code string
+	var edges []edge
+	found := false
+	for rows.Next() {
+		var p, c *uuid.UUID
+		var kind *string
+		var qty *float64
+		if err := rows.Scan(&root, &code, &p, &c, &kind, &qty); err != nil {
+			return uuid.Nil, "", nil, err
+		}
+		found = true
+		if p != nil {
+			edges = append(edges, edge{parent: *p, child: *c, kind: *kind, quantity: *qty})
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return uuid.Nil, "", nil, err
+	}
+	if !found {
+		return uuid.Nil, "", nil, apps.Errorf(apps.NotFound, "unknown lot %q", clip(ref))
+	}
+	return root, code, edges, nil
 }
 
 // depths assigns each lot reached its minimum depth from root (breadth first
@@ -203,25 +221,33 @@ func depths(root uuid.UUID, edges []edge, direction string, maxDepth int) (map[u
 	return depth, kept, truncated
 }
 
-func (s *Service) trace(ctx context.Context, tx pgx.Tx, root lotRef, q TraceQuery) (Trace, error) {
-	edges, err := walk(ctx, tx, root.ID, q.Direction)
+func (s *Service) trace(ctx context.Context, tx pgx.Tx, tenant uuid.UUID, q TraceQuery) (Trace, error) {
+	rootID, rootCode, edges, err := walk(ctx, tx, tenant, q.Lot, q.Direction)
 	if err != nil {
 		return Trace{}, err
 	}
-	depth, edges, truncated := depths(root.ID, edges, q.Direction, q.MaxDepth)
+	depth, edges, truncated := depths(rootID, edges, q.Direction, q.MaxDepth)
 	ids := make([]uuid.UUID, 0, len(depth))
 	for id := range depth {
 		ids = append(ids, id)
 	}
-	rows, err := tx.Query(ctx, `SELECT `+lotColumns+lotFrom+`WHERE l.id = ANY($1)`, ids)
+	// The lots, their runs and their shipments in one round trip.
+	batch := &pgx.Batch{}
+	batch.Queue(`SELECT `+lotColumns+lotFrom+`WHERE l.tenant_id = $1 AND l.id = ANY($2)`, tenant, ids)
+	batch.Queue(`SELECT r.lot_id, `+runColumns+runFrom+`WHERE r.tenant_id = $1 AND r.lot_id = ANY($2)
+		ORDER BY r.started_at, r.id`, tenant, ids)
+	batch.Queue(`SELECT sl.lot_id, s.code, c.code, c.name, s.shipped_at, sl.quantity::float8
+		FROM shipment_lots sl JOIN shipments s ON s.id = sl.shipment_id JOIN customers c ON c.id = s.customer_id
+		WHERE sl.tenant_id = $1 AND sl.lot_id = ANY($2) ORDER BY s.shipped_at, s.code`, tenant, ids)
+	br := tx.SendBatch(ctx, batch)
+	lots, runs, ships, err := readTraceBatch(br)
+	if cerr := br.Close(); err == nil {
+		err = cerr
+	}
 	if err != nil {
 		return Trace{}, err
 	}
-	lots, err := pgx.CollectRows(rows, scanLot)
-	if err != nil {
-		return Trace{}, err
-	}
-	out := Trace{Root: root.Code, Direction: q.Direction, Truncated: truncated, Nodes: make([]TraceNode, len(lots)),
+	out := Trace{Root: rootCode, Direction: q.Direction, Truncated: truncated, Nodes: make([]TraceNode, len(lots)),
 		Edges: make([]TraceEdge, 0, len(edges)), Shipments: []Shipment{}, Generated: s.now().UTC()}
 	code := make(map[uuid.UUID]string, len(lots))
 	for i, l := range lots {
@@ -250,10 +276,10 @@ func (s *Service) trace(ctx context.Context, tx pgx.Tx, root lotRef, q TraceQuer
 		}
 		return a.Child < b.Child
 	})
-	if err := s.addRuns(ctx, tx, &out, ids, index, q.Telemetry); err != nil {
+	if err := s.addRuns(ctx, tx, &out, runs, index, q.Telemetry); err != nil {
 		return Trace{}, err
 	}
-	if err := addShipments(ctx, tx, &out, ids, index); err != nil {
+	if err := addShipments(ctx, tx, &out, ships, index); err != nil {
 		return Trace{}, err
 	}
 	if q.Details {
@@ -272,15 +298,29 @@ func (s *Service) trace(ctx context.Context, tx pgx.Tx, root lotRef, q TraceQuer
 	return out, nil
 }
 
-func (s *Service) addRuns(ctx context.Context, tx pgx.Tx, out *Trace, ids []uuid.UUID, index map[uuid.UUID]int, telemetry bool) error {
-	rows, err := tx.Query(ctx, `SELECT r.lot_id, `+runColumns+runFrom+`WHERE r.tenant_id = nx_require_tenant() AND r.lot_id = ANY($1)
-		ORDER BY r.started_at, r.id`, ids)
+type lotRun struct {
+	lot uuid.UUID
+	run Run
+}
+
+type lotShipment struct {
+	lot uuid.UUID
+	ref ShipmentRef
+}
+
+// readTraceBatch reads the answers of the trace's batch: lots, runs,
+// shipment references.
+func readTraceBatch(br pgx.BatchResults) ([]Lot, []lotRun, []lotShipment, error) {
+	rows, err := br.Query()
 	if err != nil {
-		return err
+		return nil, nil, nil, err
 	}
-	type lotRun struct {
-		lot uuid.UUID
-		run Run
+	lots, err := pgx.CollectRows(rows, scanLot)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	if rows, err = br.Query(); err != nil {
+		return nil, nil, nil, err
 	}
 	runs, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (lotRun, error) {
 		var x lotRun
@@ -289,8 +329,22 @@ func (s *Service) addRuns(ctx context.Context, tx pgx.Tx, out *Trace, ids []uuid
 		return x, err
 	})
 	if err != nil {
-		return err
+		return nil, nil, nil, err
 	}
+	if rows, err = br.Query(); err != nil {
+		return nil, nil, nil, err
+	}
+	ships, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (lotShipment, error) {
+		var x lotShipment
+		err := r.Scan(&x.lot, &x.ref.Code, &x.ref.Customer, &x.ref.Name, &x.ref.ShippedAt, &x.ref.Quantity)
+		x.ref.ShippedAt = x.ref.ShippedAt.UTC()
+		return x, err
+	})
+	return lots, runs, ships, err
+}
+
+func (s *Service) addRuns(ctx context.Context, tx pgx.Tx, out *Trace, runs []lotRun, index map[uuid.UUID]int, telemetry bool) error {
+	var err error
 	metrics := map[uuid.UUID][]metricRef{}
 	for n, x := range runs {
 		tr := TraceRun{Run: x.run, Telemetry: []MetricSummary{}}
@@ -316,36 +370,19 @@ func (s *Service) addRuns(ctx context.Context, tx pgx.Tx, out *Trace, ids []uuid
 	return nil
 }
 
-func addShipments(ctx context.Context, tx pgx.Tx, out *Trace, ids []uuid.UUID, index map[uuid.UUID]int) error {
-	rows, err := tx.Query(ctx, `SELECT sl.lot_id, s.code, c.code, c.name, s.shipped_at, sl.quantity::float8
-		FROM shipment_lots sl JOIN shipments s ON s.id = sl.shipment_id JOIN customers c ON c.id = s.customer_id
-		WHERE sl.tenant_id = nx_require_tenant() AND sl.lot_id = ANY($1) ORDER BY s.shipped_at, s.code`, ids)
-	if err != nil {
-		return err
-	}
-	var shipIDs []string
+func addShipments(ctx context.Context, tx pgx.Tx, out *Trace, ships []lotShipment, index map[uuid.UUID]int) error {
+	var codes []string
 	seen := map[string]bool{}
-	defer rows.Close()
-	for rows.Next() {
-		var lot uuid.UUID
-		var r ShipmentRef
-		if err := rows.Scan(&lot, &r.Code, &r.Customer, &r.Name, &r.ShippedAt, &r.Quantity); err != nil {
-			return err
-		}
-		r.ShippedAt = r.ShippedAt.UTC()
-		i := index[lot]
-		out.Nodes[i].Shipments = append(out.Nodes[i].Shipments, r)
-		if !seen[r.Code] {
-			seen[r.Code] = true
-			shipIDs = append(shipIDs, r.Code)
+	for _, x := range ships {
+		i := index[x.lot]
+		out.Nodes[i].Shipments = append(out.Nodes[i].Shipments, x.ref)
+		if !seen[x.ref.Code] {
+			seen[x.ref.Code] = true
+			codes = append(codes, x.ref.Code)
 		}
 	}
-	if err := rows.Err(); err != nil {
-		return err
-	}
-	rows.Close()
-	if len(shipIDs) > 0 {
-		list, err := shipmentsWhere(ctx, tx, `s.code = ANY($1)`, shipIDs)
+	if len(codes) > 0 {
+		list, err := shipmentsWhere(ctx, tx, `s.code = ANY($1)`, codes)
 		if err != nil {
 			return err
 		}

@@ -28,9 +28,10 @@ CREATE TABLE lot_links (
     FOREIGN KEY (tenant_id, parent_id) REFERENCES lots (tenant_id, id),
     FOREIGN KEY (tenant_id, child_id) REFERENCES lots (tenant_id, id)
 );
--- The trace walks by parent (forward) and by child (backward).
-CREATE INDEX lot_links_parent_idx ON lot_links (tenant_id, parent_id) INCLUDE (child_id);
-CREATE INDEX lot_links_child_idx ON lot_links (tenant_id, child_id) INCLUDE (parent_id);
+-- The trace walks by parent (forward) and by child (backward), reading the
+-- links from the indexes alone.
+CREATE INDEX lot_links_parent_idx ON lot_links (tenant_id, parent_id) INCLUDE (child_id, kind, quantity);
+CREATE INDEX lot_links_child_idx ON lot_links (tenant_id, child_id) INCLUDE (parent_id, kind, quantity);
 
 CREATE TABLE customers (
     tenant_id   uuid NOT NULL REFERENCES tenants (id),
