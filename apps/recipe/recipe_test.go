@@ -162,6 +162,18 @@ func TestWorkflow(t *testing.T) {
 		t.Fatal("a released version's content changed in the database")
 	}
 
+	// A lot may name this version only in this enterprise.
+	other := env.NewTenant(t)
+	for _, tenant := range []uuid.UUID{other.ID} {
+		_, err := env.DB.System.Exec(context.Background(), `INSERT INTO lots (tenant_id, code, recipe_version_id) VALUES ($1, 'L-X', $2)`, tenant, v1.ID)
+		if err == nil {
+			t.Fatal("a lot of another enterprise refers to this recipe version")
+		}
+	}
+	if _, err := env.DB.System.Exec(context.Background(), `INSERT INTO lots (tenant_id, code, recipe_version_id) VALUES ($1, 'L-OWN', $2)`, tn.ID, v1.ID); err != nil {
+		t.Fatal(err)
+	}
+
 	// Version 2 from 1: change a limit, drop a parameter, add one, change an ingredient.
 	v2, err := svc.NewVersion(alice, "R-1", recipe.NewVersionInput{From: 1})
 	if err != nil || v2.Number != 2 || v2.Status != recipe.Draft {

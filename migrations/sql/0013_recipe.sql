@@ -48,7 +48,8 @@ CREATE TABLE recipe_versions (
     return_reason     text NOT NULL DEFAULT '',
     -- history: every transition with status, at, by and comment, oldest first.
     history           jsonb NOT NULL DEFAULT '[]',
-    UNIQUE (recipe_id, number)
+    UNIQUE (recipe_id, number),
+    UNIQUE (tenant_id, id)
 );
 CREATE INDEX recipe_versions_tenant_idx ON recipe_versions (tenant_id, recipe_id);
 
@@ -139,6 +140,11 @@ CREATE INDEX recipe_deviations_lot_idx ON recipe_deviations (tenant_id, lot_id);
 CREATE INDEX recipe_deviations_device_idx ON recipe_deviations (tenant_id, device_id, started_at DESC);
 -- A deviation that spans scans is continued, never opened twice.
 CREATE UNIQUE INDEX recipe_deviations_open_idx ON recipe_deviations (run_id, metric) WHERE ended_at IS NULL;
+
+-- A lot's recipe version is a version of the lot's own enterprise (a plain
+-- foreign key would not check the tenant: it bypasses row-level security).
+ALTER TABLE lots ADD CONSTRAINT lots_recipe_version_fk
+    FOREIGN KEY (tenant_id, recipe_version_id) REFERENCES recipe_versions (tenant_id, id);
 
 ALTER TABLE recipes ENABLE ROW LEVEL SECURITY;
 ALTER TABLE recipes FORCE ROW LEVEL SECURITY;
