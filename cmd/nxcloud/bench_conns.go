@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"flag"
 	"fmt"
@@ -15,13 +14,12 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 	"github.com/google/uuid"
-	"github.com/mochi-mqtt/server/v2/packets"
 
+	"github.com/nxcloud/nxcloud/broker"
 	"github.com/nxcloud/nxcloud/ingest"
 	"github.com/nxcloud/nxcloud/tenants"
 )
@@ -39,7 +37,8 @@ type connsConfig struct {
 	Slow       int           // slow readers
 	StormConns int           // concurrent dialers of the connect storm
 	StormRate  float64       // their connection attempts per second, together
-	Phase      time.Duration // length of each measured phase
+	Phase      time.Duration // length of each measured window
+	Cycles     int           // off/on cycles per disturbance
 	Out        string
 }
 
@@ -70,16 +69,22 @@ func cmdBenchConns(ctx context.Context, args []string, getenv func(string) strin
 		fs.IntVar(&bc.Slow, "slow", 50, "slow readers: subscribed to their commands, never reading, sent 64 KiB commands 20 times a second")
 		fs.IntVar(&bc.StormConns, "storm-conns", 16, "concurrent dialers of the connect storm from one address")
 		fs.Float64Var(&bc.StormRate, "storm-rate", 2000, "connection attempts per second of the storm (100× the default limit)")
-		fs.DurationVar(&bc.Phase, "phase", 20*time.Second, "length of each measured phase")
+		fs.DurationVar(&bc.Phase, "window", 10*time.Second, "length of each measured window")
+		fs.IntVar(&bc.Cycles, "cycles", 3, "off/on cycles per disturbance")
 		fs.StringVar(&bc.Out, "out", "", "also write the report to this file")
 	})
 	if err != nil {
 		return err
 	}
-	if bc.Devices < 1 || bc.Rate <= 0 || bc.Idle < 0 || bc.Sources < 1 || bc.Sources > 200 {
-		return fmt.Errorf("bench conns: need devices ≥ 1, rate > 0, idle ≥ 0 and 1-200 sources")
+	if bc.Devices < 1 || bc.Rate <= 0 || bc.Idle < 0 || bc.Sources < 1 || bc.Sources > 200 || bc.Cycles < 1 || bc.StormRate <= 0 {
+		return fmt.Errorf("bench conns: need devices ≥ 1, rate > 0, idle ≥ 0, 1-200 sources, cycles ≥ 1 and storm-rate > 0")
 	}
 	raiseFileLimit(2*(bc.Idle+bc.Devices+bc.FloodConns+bc.Slow) + 4096)
+	// A spool of its own: another nxcloud on this machine may use the default.
+	if cfg.IngestSpoolDir, err = os.MkdirTemp("", "nxcloud-bench-conns-spool-"); err != nil {
+		return err
+	}
+	defer os.RemoveAll(cfg.IngestSpoolDir)
 	cfg.HTTPAddr, cfg.MQTTAddr, cfg.MQTTWSAddr = "127.0.0.1:0", "127.0.0.1:0", ""
 	if cfg.LogLevel == "info" {
 		cfg.LogLevel = "warn"
@@ -134,7 +139,9 @@ func cmdBenchConns(ctx context.Context, args []string, getenv func(string) strin
 	var wg sync.WaitGroup
 	var failed atomic.Int64
 	pending := make(chan mqtt.Token, 64*1024)
+	collected := make(chan struct{})
 	go func() {
+		defer close(collected)
 		for tok := range pending {
 			if tok.Wait(); tok.Error() != nil {
 				failed.Add(1)
@@ -148,96 +155,159 @@ func cmdBenchConns(ctx context.Context, args []string, getenv func(string) strin
 			publishLoop(runCtx, c, "v1/"+slug+"/"+good[i]+"/telemetry", keys, 1, time.Duration(float64(time.Second)/bc.Rate), int64(i), pending, nil)
 		}()
 	}
-	var rows []connsRow
-	measure := func(name, note string) {
-		runtime.GC()
-		sleepCtx(ctx, 3*time.Second) // settle
+	// Each disturbance is switched on and off in turn, cycles times, and
+	// the latencies of its windows are pooled and compared with those of
+	// the windows around them: on a shared machine the background load
+	// drifts by more than what is measured.
+	// window measures for bench.Phase; cpu gets the process's CPU time in it.
+	window := func(cpu *float64) []float32 {
+		c0 := processCPU()
 		lat.collect(true)
-		l0 := ingestLoad()
 		sleepCtx(ctx, bc.Phase)
-		v := lat.collect(false)
-		slices.Sort(v)
-		r := connsRow{name: name, note: note, lat: v, rss: rssBytes(), load: ingestLoad() - l0, conns: p.broker.Stats().ClientsConnected}
+		*cpu += processCPU() - c0
+		return lat.collect(false)
+	}
+	var rows []connsRow
+	ab := func(name string, on func() error, off func() string) error {
+		r := connsRow{name: name, load: loadavg()}
+		for c := range bc.Cycles {
+			sleepCtx(ctx, 2*time.Second)
+			r.off = append(r.off, window(&r.cpuOff)...)
+			if err := on(); err != nil {
+				return err
+			}
+			sleepCtx(ctx, 2*time.Second)
+			r.on = append(r.on, window(&r.cpuOn)...)
+			r.rss = max(r.rss, rssBytes())
+			r.conns = max(r.conns, p.broker.Stats().ClientsConnected)
+			if note := off(); c == 0 || note != "" {
+				r.note = note
+			}
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+		}
+		slices.Sort(r.off)
+		slices.Sort(r.on)
+		r.load += " → " + loadavg()
 		rows = append(rows, r)
-		say("%-24s p50 %6.1f ms  p99 %7.1f ms  (%d messages) %s", name, pct(v, 50), pct(v, 99), len(v), note)
+		say("%-18s p50 %6.1f → %6.1f ms  p99 %7.1f → %7.1f ms  %s", name, pct(r.off, 50), pct(r.on, 50), pct(r.off, 99), pct(r.on, 99), r.note)
+		return nil
 	}
 	say("warming up")
 	sleepCtx(ctx, 5*time.Second)
 	rss0 := rssBytes()
-	measure("baseline", "")
 
-	// (a) idle connections.
-	say("opening %d idle connections from %d source addresses", bc.Idle, bc.Sources)
-	runtime.GC()
-	rssBefore, heapBefore := rssBytes(), heapBytes()
-	// From a child process: this one's open-file limit (20 000 here, and
-	// not raisable without CAP_SYS_RESOURCE) cannot hold both ends, and
-	// this process's RSS is then the platform's alone.
-	ic, err := startIdleChild(ctx, stderr, addr, slug, secret, total-bc.Idle, bc.Idle, bc.Sources)
-	if err != nil {
+	// (a) idle connections, from a child process: this one's open-file
+	// limit (20 000 here, not raisable without CAP_SYS_RESOURCE) cannot
+	// hold both ends, and this process's RSS is then the platform's alone.
+	say("idle: %d connections from %d source addresses, %d cycles", bc.Idle, bc.Sources, bc.Cycles)
+	var ic *idleChild
+	var rssBefore, heapBefore, rssIdle, heapIdle int64
+	var first *idleChild
+	openIdleConns := func() error {
+		runtime.GC()
+		rb, hb := rssBytes(), heapBytes()
+		var err error
+		if ic, err = startIdleChild(ctx, stderr, addr, slug, secret, total-bc.Idle, bc.Idle, bc.Sources); err != nil {
+			return err
+		}
+		if first == nil {
+			first = ic
+			runtime.GC()
+			sleepCtx(ctx, 2*time.Second)
+			rssBefore, heapBefore, rssIdle, heapIdle = rb, hb, rssBytes(), heapBytes()
+		}
+		return nil
+	}
+	closeIdle := func() string {
+		ic.close()
+		return fmt.Sprintf("%d held", ic.held)
+	}
+	if err := ab("idle connections", openIdleConns, closeIdle); err != nil {
+		return err
+	}
+	// They stay for the rest: each disturbance below comes on top of them.
+	if err := openIdleConns(); err != nil {
 		return err
 	}
 	defer ic.close()
-	runtime.GC()
-	sleepCtx(ctx, 2*time.Second)
-	rssIdle, heapIdle := rssBytes(), heapBytes()
-	measure("+ idle connections", fmt.Sprintf("%d held", ic.held))
 
 	// (b) over-limit publishers.
-	say("flood: %d over-limit publishers", bc.FloodConns)
-	fctx, stopFlood := context.WithCancel(ctx)
-	fw, fstats, err := startFlood(fctx, brokerURL, slug, flooders, secret, keys, bc.FloodRate)
-	if err != nil {
+	var fw *sync.WaitGroup
+	var fstats *floodStats
+	var stopFlood context.CancelFunc
+	var l0 broker.LimitStats
+	err = ab("over-limit flood", func() error {
+		var fctx context.Context
+		fctx, stopFlood = context.WithCancel(ctx)
+		l0 = p.broker.LimitStats()
+		var err error
+		fw, fstats, err = startFlood(fctx, addr, slug, flooders, secret, keys, bc.FloodRate)
+		return err
+	}, func() string {
 		stopFlood()
+		fw.Wait()
+		l1 := p.broker.LimitStats()
+		return fmt.Sprintf("%d flooders: %d QoS 1 acked (%d held, %d disconnected), %d QoS 0 sent (%d dropped) per window",
+			len(flooders), fstats.acked.Load(), l1.Throttled-l0.Throttled, l1.RateDisconnects-l0.RateDisconnects, fstats.sent0.Load(), l1.RateDropped-l0.RateDropped)
+	})
+	if err != nil {
 		return err
 	}
-	l0 := p.broker.LimitStats()
-	measure("+ over-limit flood", "")
-	l1 := p.broker.LimitStats()
-	stopFlood()
-	fw.Wait()
-	rows[len(rows)-1].note = fmt.Sprintf("%d QoS 1 acked (%d held, %d disconnected), %d QoS 0 sent (%d dropped)",
-		fstats.acked.Load(), l1.Throttled-l0.Throttled, l1.RateDisconnects-l0.RateDisconnects, fstats.sent0.Load(), l1.RateDropped-l0.RateDropped)
 
 	// (c) slow readers.
-	say("slow readers: %d", bc.Slow)
-	sctx, stopSlow := context.WithCancel(ctx)
-	sc, sent, err := startSlowReaders(sctx, p, addr, slug, slow, secret)
-	if err != nil {
-		stopSlow()
+	var sc []net.Conn
+	var sent *atomic.Int64
+	var stopSlow context.CancelFunc
+	err = ab("slow readers", func() error {
+		var sctx context.Context
+		sctx, stopSlow = context.WithCancel(ctx)
+		var err error
+		sc, sent, err = startSlowReaders(sctx, p, addr, slug, slow, secret)
 		return err
-	}
-	measure("+ slow readers", "")
-	stopSlow()
-	rows[len(rows)-1].note = fmt.Sprintf("%d commands queued to them, %d closed for not reading", sent.Load(), p.broker.LimitStats().SlowReaders)
-	for _, c := range sc {
-		_ = c.Close()
+	}, func() string {
+		stopSlow()
+		for _, c := range sc {
+			_ = c.Close()
+		}
+		return fmt.Sprintf("%d readers: %d commands of 64 KiB queued to them per window, %d closed for not reading in all",
+			len(slow), sent.Load(), p.broker.LimitStats().SlowReaders)
+	})
+	if err != nil {
+		return err
 	}
 
 	// (d) connect storm from one address.
-	say("connect storm: %d dialers from 127.0.0.254, %.0f attempts/s", bc.StormConns, bc.StormRate)
-	stctx, stopStorm := context.WithCancel(ctx)
-	var st stormStats
+	var st *stormStats
 	var sw sync.WaitGroup
+	var stopStorm context.CancelFunc
+	var r0 int64
 	pace := time.NewTicker(time.Duration(float64(time.Second) / bc.StormRate))
 	defer pace.Stop()
-	for i := range bc.StormConns {
-		sw.Add(1)
-		go func() { defer sw.Done(); storm1(stctx, addr, storm[i]+"@"+slug, secret, pace.C, &st) }()
+	err = ab("connect storm", func() error {
+		var stctx context.Context
+		stctx, stopStorm = context.WithCancel(ctx)
+		st, r0 = &stormStats{}, p.broker.LimitStats().ConnectsRefused
+		for i := range bc.StormConns {
+			sw.Add(1)
+			go func() { defer sw.Done(); storm1(stctx, addr, storm[i]+"@"+slug, secret, pace.C, st) }()
+		}
+		return nil
+	}, func() string {
+		stopStorm()
+		sw.Wait()
+		return fmt.Sprintf("%d dialers from 127.0.0.254: %d attempts, %d accepted, %d refused per window",
+			bc.StormConns, st.attempts.Load(), st.accepted.Load(), p.broker.LimitStats().ConnectsRefused-r0)
+	})
+	if err != nil {
+		return err
 	}
-	r0 := p.broker.LimitStats().ConnectsRefused
-	measure("+ connect storm", "")
-	stopStorm()
-	sw.Wait()
-	rows[len(rows)-1].note = fmt.Sprintf("%d attempts, %d accepted, %d refused by the broker",
-		st.attempts.Load(), st.accepted.Load(), p.broker.LimitStats().ConnectsRefused-r0)
-
-	idleHeld := ic.held
 	ic.close()
-	measure("baseline again", "idle connections closed")
 	stopRun()
 	wg.Wait()
 	close(pending)
+	<-collected
 	for _, c := range clients {
 		c.Disconnect(100)
 	}
@@ -248,19 +318,25 @@ func cmdBenchConns(ctx context.Context, args []string, getenv func(string) strin
 	fmt.Fprintf(&b, "machine load (1-minute average) at start %s, at end %s\n", loadavg0, loadavg())
 	fmt.Fprintf(&b, "limits: %d publishes/s (burst %d) and %d B/s (burst %d) per device, QoS 1 held ≤ %s; %d connects/s (burst %d) per address; write timeout %s\n",
 		cfg.MQTTDeviceRate, cfg.MQTTDeviceBurst, cfg.MQTTDeviceBytes, cfg.MQTTDeviceBytesBurst, cfg.MQTTThrottleMax, cfg.MQTTConnectRate, cfg.MQTTConnectBurst, cfg.MQTTWriteTimeout)
-	fmt.Fprintf(&b, "\nidle connections: %d from %d loopback addresses of a child process (MQTT 3.1.1, keepalive 120 s, one device each)\n", idleHeld, bc.Sources)
+	fmt.Fprintf(&b, "\nidle connections: %d from %d loopback addresses of a child process (MQTT 3.1.1, keepalive 120 s, one device each)\n", first.held, bc.Sources)
 	fmt.Fprintf(&b, "  connect: %.1f s for all (%.0f/s, 64 at a time), CONNECT→CONNACK p50 %.1f ms p99 %.1f ms (first connection of each device: credentials from the database)\n",
-		ic.took.Seconds(), float64(idleHeld)/ic.took.Seconds(), ic.p50, ic.p99)
+		first.took.Seconds(), float64(first.held)/first.took.Seconds(), first.p50, first.p99)
 	fmt.Fprintf(&b, "  RSS of the platform's process: %s at start, %s before, %s with them → %.1f KiB per connection (Go heap+stacks %.1f KiB per connection)\n",
-		mib(rss0), mib(rssBefore), mib(rssIdle), float64(rssIdle-rssBefore)/1024/float64(max(1, idleHeld)), float64(heapIdle-heapBefore)/1024/float64(max(1, idleHeld)))
-	fmt.Fprintf(&b, "\npublish→commit latency of %d well-behaved devices × %.0f msg/s (QoS 1), %s per phase, same run:\n", bc.Devices, bc.Rate, bc.Phase)
-	fmt.Fprintf(&b, "  %-22s %9s %9s %9s %9s %8s %6s %6s %9s %7s  %s\n", "phase", "p50 ms", "p90 ms", "p99 ms", "max ms", "msgs", "p50×", "p99×", "RSS", "conns", "")
-	base := rows[0]
+		mib(rss0), mib(rssBefore), mib(rssIdle), float64(rssIdle-rssBefore)/1024/float64(max(1, first.held)), float64(heapIdle-heapBefore)/1024/float64(max(1, first.held)))
+	fmt.Fprintf(&b, "\npublish→commit latency of %d well-behaved devices × %.0f msg/s (QoS 1): each disturbance off and on in turn, %d × %s windows each, pooled\n",
+		bc.Devices, bc.Rate, bc.Cycles, bc.Phase)
+	fmt.Fprintf(&b, "  %-18s %8s %8s %6s %8s %8s %6s %8s %11s %9s %6s %12s\n", "disturbance", "p50 off", "p50 on", "×", "p99 off", "p99 on", "×", "msgs on", "cores off/on", "RSS on", "conns", "load")
+	secs := bc.Phase.Seconds() * float64(bc.Cycles)
 	for _, r := range rows {
-		fmt.Fprintf(&b, "  %-22s %9.1f %9.1f %9.1f %9.1f %8d %6.2f %6.2f %9s %7d  %s\n", r.name, pct(r.lat, 50), pct(r.lat, 90), pct(r.lat, 99), pct(r.lat, 100),
-			len(r.lat), pct(r.lat, 50)/pct(base.lat, 50), pct(r.lat, 99)/pct(base.lat, 99), mib(r.rss), r.conns, r.note)
+		fmt.Fprintf(&b, "  %-18s %8.1f %8.1f %6.2f %8.1f %8.1f %6.2f %8d %5.2f/%5.2f %9s %6d %12s\n", r.name, pct(r.off, 50), pct(r.on, 50), pct(r.on, 50)/pct(r.off, 50),
+			pct(r.off, 99), pct(r.on, 99), pct(r.on, 99)/pct(r.off, 99), len(r.on), r.cpuOff/secs, r.cpuOn/secs, mib(r.rss), r.conns, r.load)
 	}
-	fmt.Fprintf(&b, "  (× = ratio to the baseline phase; target ≤ 2; %d publishes of well-behaved devices failed)\n", failed.Load())
+	fmt.Fprintf(&b, "  (ms; × = on/off, target ≤ 2; cores = CPU of this process (platform and load generator) in the windows; flood, slow readers\n")
+	fmt.Fprintf(&b, "   and storm come on top of the idle connections, held in both of their windows; load = 1-minute load average of the machine;\n")
+	fmt.Fprintf(&b, "   %d publishes of well-behaved devices failed)\n", failed.Load())
+	for _, r := range rows {
+		fmt.Fprintf(&b, "  %s: %s\n", r.name, r.note)
+	}
 	fmt.Fprint(stdout, b.String())
 	if bc.Out != "" {
 		if err := os.WriteFile(bc.Out, []byte(b.String()), 0o644); err != nil {
@@ -272,11 +348,10 @@ func cmdBenchConns(ctx context.Context, args []string, getenv func(string) strin
 }
 
 type connsRow struct {
-	name, note string
-	lat        []float32
-	rss        int64
-	load       float64
-	conns      int64
+	name, note, load string
+	off, on          []float32
+	cpuOff, cpuOn    float64 // CPU seconds of the process in the windows
+	rss, conns       int64
 }
 
 // deviceLatencies collects commit latencies of the well-behaved devices only.
@@ -336,102 +411,4 @@ func deviceIDs(ctx context.Context, p *platform, tenant uuid.UUID, keys []string
 		out[id] = true
 	}
 	return out, rows.Err()
-}
-
-// raiseFileLimit lifts RLIMIT_NOFILE to at least n (root may raise the hard
-// limit too); it reports nothing and leaves the limit as it is on failure.
-func raiseFileLimit(n int) {
-	var r syscall.Rlimit
-	if syscall.Getrlimit(syscall.RLIMIT_NOFILE, &r) != nil || r.Cur >= uint64(n) {
-		return
-	}
-	want := syscall.Rlimit{Cur: uint64(n), Max: max(r.Max, uint64(n))}
-	if syscall.Setrlimit(syscall.RLIMIT_NOFILE, &want) != nil {
-		r.Cur = r.Max
-		_ = syscall.Setrlimit(syscall.RLIMIT_NOFILE, &r)
-	}
-}
-
-// rssBytes is the process's resident set (VmRSS).
-func rssBytes() int64 {
-	b, err := os.ReadFile("/proc/self/status")
-	if err != nil {
-		return 0
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-			kb, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
-			return kb * 1024
-		}
-	}
-	return 0
-}
-
-func heapBytes() int64 {
-	var m runtime.MemStats
-	runtime.ReadMemStats(&m)
-	return int64(m.HeapInuse + m.StackInuse)
-}
-
-func mib(n int64) string { return fmt.Sprintf("%.0f MiB", float64(n)/(1<<20)) }
-
-var loadavg0 = loadavg()
-
-func loadavg() string {
-	b, err := os.ReadFile("/proc/loadavg")
-	if err != nil {
-		return "?"
-	}
-	f := strings.Fields(string(b))
-	if len(f) == 0 {
-		return "?"
-	}
-	return f[0]
-}
-
-// ingestLoad is the process's CPU time in seconds (user+system), to show
-// what each phase cost.
-func ingestLoad() float64 {
-	var ru syscall.Rusage
-	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) != nil {
-		return 0
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()).Seconds()
-}
-
-// rawConnect opens an MQTT 3.1.1 connection from local address from and
-// returns it once the broker has answered CONNACK (code 0 = accepted).
-func rawConnect(addr string, from net.IP, username, secret string, keepalive uint16) (net.Conn, byte, error) {
-	d := net.Dialer{Timeout: 30 * time.Second}
-	if from != nil {
-		d.LocalAddr = &net.TCPAddr{IP: from}
-	}
-	c, err := d.Dial("tcp", addr)
-	if err != nil {
-		return nil, 0, err
-	}
-	pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect}, ProtocolVersion: 4,
-		Connect: packets.ConnectParams{ProtocolName: []byte("MQTT"), Clean: true, Keepalive: keepalive, ClientIdentifier: username,
-			UsernameFlag: true, Username: []byte(username), PasswordFlag: true, Password: []byte(secret)}}
-	var buf bytes.Buffer
-	if err := pk.ConnectEncode(&buf); err != nil {
-		c.Close()
-		return nil, 0, err
-	}
-	_ = c.SetDeadline(time.Now().Add(30 * time.Second))
-	if _, err := c.Write(buf.Bytes()); err != nil {
-		c.Close()
-		return nil, 0, err
-	}
-	var ack [4]byte
-	if _, err := io.ReadFull(c, ack[:]); err != nil {
-		c.Close()
-		return nil, 0, err
-	}
-	_ = c.SetDeadline(time.Time{})
-	if ack[0] != 0x20 {
-		c.Close()
-		return nil, 0, fmt.Errorf("bench conns: %s got packet %#x instead of CONNACK", username, ack[0])
-	}
-	return c, ack[3], nil
 }

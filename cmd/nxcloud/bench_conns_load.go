@@ -10,13 +10,15 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"runtime"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
-	mqtt "github.com/eclipse/paho.mqtt.golang"
 	"github.com/mochi-mqtt/server/v2/packets"
 )
 
@@ -198,35 +200,47 @@ func runIdleChild(ctx context.Context, args []string, stdout io.Writer) error {
 
 type floodStats struct{ acked, failed, sent0 atomic.Int64 }
 
-// startFlood connects the flooders: the first half publish 5-metric QoS 1
-// messages as fast as the broker acknowledges them (16 in flight), the
-// other half QoS 0 at rate messages per second — both far over a device's
-// publish rate.
-func startFlood(ctx context.Context, brokerURL, slug string, keys []string, secret string, metrics []benchMetric, rate float64) (*sync.WaitGroup, *floodStats, error) {
-	cs, err := connectAll(ctx, brokerURL, slug, keys, secret)
-	if err != nil {
-		return nil, nil, err
-	}
+// startFlood connects the flooders over raw MQTT 3.1.1 (pre-encoded
+// packets, so that the load generator costs little next to the broker): the
+// first half publish 5-metric QoS 1 messages as fast as the broker
+// acknowledges them (16 in flight), the other half QoS 0 at rate messages
+// per second — both far over a device's publish rate.
+func startFlood(ctx context.Context, addr, slug string, keys []string, secret string, metrics []benchMetric, rate float64) (*sync.WaitGroup, *floodStats, error) {
 	st := &floodStats{}
 	var wg sync.WaitGroup
-	for i, c := range cs {
-		topic := "v1/" + slug + "/" + keys[i] + "/telemetry"
+	for i, k := range keys {
+		c, code, err := rawConnect(addr, net.IPv4(127, 0, 0, byte(151+i%40)), k+"@"+slug, secret, 120)
+		if err == nil && code != 0 {
+			c.Close()
+			err = fmt.Errorf("CONNACK code %d", code)
+		}
+		if err != nil {
+			return nil, nil, fmt.Errorf("bench conns: flooder %s: %w", k, err)
+		}
+		payload := appendReading(nil, time.Now(), metrics, func(benchMetric) float64 { return 0.5 })
+		topic := "v1/" + slug + "/" + k + "/telemetry"
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			defer c.Disconnect(100)
+			defer c.Close()
 			if i%2 == 0 {
-				floodQoS1(ctx, c, topic, metrics, st)
+				floodQoS1(ctx, c, topic, payload, st)
 				return
 			}
-			every := time.Duration(float64(time.Second) / rate)
-			t := time.NewTicker(every)
+			pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish}, ProtocolVersion: 4, TopicName: topic, Payload: payload}
+			var buf bytes.Buffer
+			_ = pk.PublishEncode(&buf)
+			// 10 packets a write, at rate packets a second.
+			batch := bytes.Repeat(buf.Bytes(), 10)
+			t := time.NewTicker(time.Duration(float64(10*time.Second) / rate))
 			defer t.Stop()
-			buf := make([]byte, 0, 256)
+			go func() { _, _ = io.Copy(io.Discard, c) }() // nothing comes back for QoS 0 but a close
 			for ctx.Err() == nil {
-				buf = appendReading(buf[:0], time.Now(), metrics, func(benchMetric) float64 { return 0.5 })
-				c.Publish(topic, 0, false, append([]byte(nil), buf...))
-				st.sent0.Add(1)
+				_ = c.SetWriteDeadline(time.Now().Add(5 * time.Second))
+				if _, err := c.Write(batch); err != nil {
+					return
+				}
+				st.sent0.Add(10)
 				select {
 				case <-ctx.Done():
 				case <-t.C:
@@ -237,28 +251,37 @@ func startFlood(ctx context.Context, brokerURL, slug string, keys []string, secr
 	return &wg, st, nil
 }
 
-func floodQoS1(ctx context.Context, c mqtt.Client, topic string, metrics []benchMetric, st *floodStats) {
-	inflight := make(chan struct{}, 16)
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	buf := make([]byte, 0, 256)
-	for ctx.Err() == nil {
+// floodQoS1 publishes on c with up to 16 unacknowledged QoS 1 messages.
+func floodQoS1(ctx context.Context, c net.Conn, topic string, payload []byte, st *floodStats) {
+	window := make(chan struct{}, 16)
+	go func() { // PUBACKs: 4 bytes each
+		var ack [4]byte
+		for {
+			if _, err := io.ReadFull(c, ack[:]); err != nil {
+				return
+			}
+			st.acked.Add(1)
+			select {
+			case <-window:
+			default:
+			}
+		}
+	}()
+	var buf bytes.Buffer
+	for id := uint16(1); ctx.Err() == nil; id = id%60000 + 1 {
 		select {
-		case inflight <- struct{}{}:
+		case window <- struct{}{}:
 		case <-ctx.Done():
 			return
 		}
-		buf = appendReading(buf[:0], time.Now(), metrics, func(benchMetric) float64 { return 0.5 })
-		tok := c.Publish(topic, 1, false, append([]byte(nil), buf...))
-		wg.Add(1)
-		go func() {
-			defer func() { <-inflight; wg.Done() }()
-			if tok.WaitTimeout(time.Minute) && tok.Error() == nil {
-				st.acked.Add(1)
-			} else {
-				st.failed.Add(1)
-			}
-		}()
+		pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1}, ProtocolVersion: 4, PacketID: id, TopicName: topic, Payload: payload}
+		buf.Reset()
+		_ = pk.PublishEncode(&buf)
+		_ = c.SetWriteDeadline(time.Now().Add(30 * time.Second))
+		if _, err := c.Write(buf.Bytes()); err != nil {
+			st.failed.Add(1)
+			return
+		}
 	}
 }
 
@@ -332,4 +355,103 @@ func storm1(ctx context.Context, addr, username, secret string, pace <-chan time
 		}
 		_ = c.Close()
 	}
+}
+
+// raiseFileLimit lifts RLIMIT_NOFILE to at least n (root may raise the hard
+// limit too); it reports nothing and leaves the limit as it is on failure.
+func raiseFileLimit(n int) {
+	var r syscall.Rlimit
+	if syscall.Getrlimit(syscall.RLIMIT_NOFILE, &r) != nil || r.Cur >= uint64(n) {
+		return
+	}
+	want := syscall.Rlimit{Cur: uint64(n), Max: max(r.Max, uint64(n))}
+	if syscall.Setrlimit(syscall.RLIMIT_NOFILE, &want) != nil {
+		r.Cur = r.Max
+		_ = syscall.Setrlimit(syscall.RLIMIT_NOFILE, &r)
+	}
+}
+
+// rssBytes is the process's resident set (VmRSS).
+func rssBytes() int64 {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			kb, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+			return kb * 1024
+		}
+	}
+	return 0
+}
+
+func heapBytes() int64 {
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	return int64(m.HeapInuse + m.StackInuse)
+}
+
+func mib(n int64) string { return fmt.Sprintf("%.0f MiB", float64(n)/(1<<20)) }
+
+var loadavg0 = loadavg()
+
+func loadavg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "?"
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return "?"
+	}
+	return f[0]
+}
+
+// processCPU is the process's CPU time in seconds (user+system): what a
+// disturbance costs the platform, less blurred by other processes than
+// latency is.
+func processCPU() float64 {
+	var ru syscall.Rusage
+	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()).Seconds()
+}
+
+// rawConnect opens an MQTT 3.1.1 connection from local address from and
+// returns it once the broker has answered CONNACK (code 0 = accepted).
+func rawConnect(addr string, from net.IP, username, secret string, keepalive uint16) (net.Conn, byte, error) {
+	d := net.Dialer{Timeout: 30 * time.Second}
+	if from != nil {
+		d.LocalAddr = &net.TCPAddr{IP: from}
+	}
+	c, err := d.Dial("tcp", addr)
+	if err != nil {
+		return nil, 0, err
+	}
+	pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect}, ProtocolVersion: 4,
+		Connect: packets.ConnectParams{ProtocolName: []byte("MQTT"), Clean: true, Keepalive: keepalive, ClientIdentifier: username,
+			UsernameFlag: true, Username: []byte(username), PasswordFlag: true, Password: []byte(secret)}}
+	var buf bytes.Buffer
+	if err := pk.ConnectEncode(&buf); err != nil {
+		c.Close()
+		return nil, 0, err
+	}
+	_ = c.SetDeadline(time.Now().Add(30 * time.Second))
+	if _, err := c.Write(buf.Bytes()); err != nil {
+		c.Close()
+		return nil, 0, err
+	}
+	var ack [4]byte
+	if _, err := io.ReadFull(c, ack[:]); err != nil {
+		c.Close()
+		return nil, 0, err
+	}
+	_ = c.SetDeadline(time.Time{})
+	if ack[0] != 0x20 {
+		c.Close()
+		return nil, 0, fmt.Errorf("bench conns: %s got packet %#x instead of CONNACK", username, ack[0])
+	}
+	return c, ack[3], nil
 }
