@@ -11,13 +11,17 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/google/uuid"
 	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/hooks/storage/bolt"
 	"github.com/mochi-mqtt/server/v2/packets"
+	"go.etcd.io/bbolt"
 
 	"github.com/nxcloud/nxcloud/apps"
 	"github.com/nxcloud/nxcloud/tenants"
@@ -28,6 +32,10 @@ type Devices interface {
 	// Authenticate checks an MQTT username (format "<device-key>@<tenant-slug>") and password (the device secret).
 	// Returns an *apps.Error with code apps.Unauthorized for unknown device / wrong secret.
 	Authenticate(ctx context.Context, username string, password []byte) (tenants.Identity, error)
+	// Lookup resolves an MQTT username to its device without a password: it
+	// re-attaches sessions restored from the session store after a restart
+	// to their devices. Errors: not_found.
+	Lookup(ctx context.Context, username string) (tenants.Identity, error)
 	// Identity returns the current state of a device (cached for at most a few seconds), used to
 	// disconnect devices that were disabled while connected.
 	Identity(ctx context.Context, deviceID uuid.UUID) (tenants.Identity, error)
@@ -85,7 +93,12 @@ type Config struct {
 	SessionExpiry               time.Duration // maximum session expiry (default 24h)
 	MessageExpiry               time.Duration // maximum message expiry (default 24h)
 	Limits                      Limits        // against hostile clients (limits.go)
-	Logger                      *slog.Logger  // nil discards
+	// SessionStore is the file of a local store (bbolt) that keeps persistent
+	// sessions (clean session false / session expiry > 0): subscriptions and
+	// QoS 1 commands queued for offline devices survive a restart. Empty keeps
+	// sessions in memory only.
+	SessionStore string
+	Logger       *slog.Logger // nil discards
 }
 
 func (c *Config) setDefaults() {
@@ -224,6 +237,16 @@ func New(cfg Config, devices Devices, sink Sink, presence Presence) (*Broker, er
 	if err := b.server.AddHook(b.hook, nil); err != nil {
 		return nil, fmt.Errorf("broker: add hook: %w", err)
 	}
+	if cfg.SessionStore != "" {
+		if err := os.MkdirAll(filepath.Dir(cfg.SessionStore), 0o700); err != nil {
+			return nil, fmt.Errorf("broker: session store: %w", err)
+		}
+		err := b.server.AddHook(sessionStore{new(bolt.Hook)}, &bolt.Options{Path: cfg.SessionStore,
+			Options: &bbolt.Options{Timeout: 5 * time.Second}})
+		if err != nil {
+			return nil, fmt.Errorf("broker: session store %s: %w (is another nxcloud using it? set NXCLOUD_MQTT_SESSION_STORE)", cfg.SessionStore, err)
+		}
+	}
 	return b, nil
 }
 
@@ -270,6 +293,7 @@ func (b *Broker) Start() error {
 	if err := b.server.Serve(); err != nil {
 		return fail(fmt.Errorf("broker: serve: %w", err))
 	}
+	b.hook.restore(b.stopCtx)
 	b.started = true
 	go b.recheckLoop()
 	return nil

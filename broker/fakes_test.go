@@ -68,6 +68,16 @@ func (f *fakeDevices) Authenticate(_ context.Context, username string, password 
 	return d.id, nil
 }
 
+func (f *fakeDevices) Lookup(_ context.Context, username string) (tenants.Identity, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	d, ok := f.byUN[username]
+	if !ok {
+		return tenants.Identity{}, apps.Errorf(apps.NotFound, "no device %s", username)
+	}
+	return d.id, nil
+}
+
 func (f *fakeDevices) Identity(_ context.Context, id uuid.UUID) (tenants.Identity, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()

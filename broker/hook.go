@@ -327,6 +327,50 @@ func (h *hook) OnDisconnect(cl *mqtt.Client, _ error, expire bool) {
 	}
 }
 
+// restore re-attaches the sessions mochi restored from the session store to
+// their devices, so commands published while they are offline are queued
+// for them (the delivery ACL needs the identity) and no other device can take
+// their client ids. A session whose device is gone or disabled stays
+// detached: nothing is delivered to it and it expires.
+func (h *hook) restore(ctx context.Context) {
+	restored, skipped := 0, 0
+	for id, cl := range h.b.server.Clients.GetAll() {
+		if cl.Net.Inline {
+			continue
+		}
+		h.mu.RLock()
+		_, known := h.byClient[cl]
+		h.mu.RUnlock()
+		if known {
+			continue
+		}
+		username := string(cl.Properties.Username)
+		key, slug, ok := splitUsername(username)
+		if !ok {
+			skipped++
+			continue
+		}
+		lctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		ident, err := h.devices.Lookup(lctx, username)
+		cancel()
+		if err != nil || !ident.Active || ident.DeviceKey != key || ident.TenantSlug != slug {
+			skipped++
+			continue
+		}
+		h.mu.Lock()
+		if h.byID[id] == nil {
+			c := &conn{cl: cl, id: ident, closed: true}
+			h.byClient[cl] = c
+			h.byID[id] = c
+			restored++
+		}
+		h.mu.Unlock()
+	}
+	if restored+skipped > 0 {
+		h.b.log.Info("broker: persistent sessions restored", "sessions", restored, "detached", skipped)
+	}
+}
+
 // OnClientExpired forgets a persisted session mochi has expired.
 func (h *hook) OnClientExpired(cl *mqtt.Client) {
 	h.mu.Lock()

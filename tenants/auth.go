@@ -171,6 +171,24 @@ func (s *Service) Authenticate(ctx context.Context, username string, password []
 	return e.id, nil
 }
 
+// Lookup resolves an MQTT username ("<device-key>@<tenant-slug>") to its
+// device's identity without checking a secret: the broker uses it to
+// re-attach persistent sessions restored after a restart. Errors: not_found.
+func (s *Service) Lookup(ctx context.Context, username string) (Identity, error) {
+	key, slug, valid := splitUsername(username)
+	if !valid {
+		return Identity{}, apps.Errorf(apps.NotFound, "no device %q", username)
+	}
+	var id Identity
+	var salt, hash []byte
+	err := s.db.System.QueryRow(ctx, identitySelect+` WHERE t.slug = $1 AND d.key = $2`, slug, key).
+		Scan(&id.TenantID, &id.TenantSlug, &id.DeviceID, &id.DeviceKey, &id.ModelID, &id.Active, &salt, &hash)
+	if err != nil {
+		return Identity{}, StoreError(err, "device")
+	}
+	return id, nil
+}
+
 // Identity returns a device's identity and whether it is active, cached for at
 // most the cache TTL. Errors: not_found.
 func (s *Service) Identity(ctx context.Context, device uuid.UUID) (Identity, error) {

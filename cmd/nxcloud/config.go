@@ -34,6 +34,7 @@ type config struct {
 	IngestDurability string
 	IngestSpoolDir   string
 	IngestSpoolBytes int
+	MQTTSessionStore string
 	MaxPacket        int
 	AuthCacheTTL     time.Duration
 	MaintainEvery    time.Duration
@@ -105,6 +106,8 @@ func bindConfig(fs *flag.FlagSet, c *config, getenv func(string) string) error {
 	dur(&c.IngestFlush, "ingest-flush", 50*time.Millisecond, "longest wait for an ingest batch to fill")
 	str(&c.IngestDurability, "ingest-durability", "spool",
 		"when a QoS 1 publish is acknowledged: spool (once fsynced in the ingest spool) or commit (once committed in PostgreSQL)")
+	str(&c.MQTTSessionStore, "mqtt-session-store", ".data/mqtt-sessions.db",
+		"file keeping persistent MQTT sessions (subscriptions, queued QoS 1 commands) across restarts; empty keeps them in memory")
 	str(&c.IngestSpoolDir, "ingest-spool-dir", ".data/spool", "directory of the ingest spool (durability spool)")
 	integer(&c.IngestSpoolBytes, "ingest-spool-bytes", 1<<30,
 		"budget of the ingest spool in bytes (on disk; in memory with durability commit): beyond it QoS 1 publishes wait and QoS 0 ones are dropped")

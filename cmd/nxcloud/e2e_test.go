@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -29,6 +30,7 @@ func startTestPlatform(t *testing.T) *platform {
 	cfg.DatabaseURL = os.Getenv("NXCLOUD_TEST_DATABASE_URL")
 	cfg.RedisURL = os.Getenv("NXCLOUD_TEST_REDIS_URL")
 	cfg.IngestSpoolDir = t.TempDir()
+	cfg.MQTTSessionStore = filepath.Join(t.TempDir(), "sessions.db")
 	cfg.HTTPAddr, cfg.MQTTAddr, cfg.MQTTWSAddr = "127.0.0.1:0", "127.0.0.1:0", ""
 	cfg.IngestFlush = 10 * time.Millisecond
 	cfg.AuthCacheTTL = 200 * time.Millisecond
@@ -345,6 +347,7 @@ func TestShutdownFlushesIngest(t *testing.T) {
 	cfg.DatabaseURL = os.Getenv("NXCLOUD_TEST_DATABASE_URL")
 	cfg.RedisURL = os.Getenv("NXCLOUD_TEST_REDIS_URL")
 	cfg.IngestSpoolDir = t.TempDir()
+	cfg.MQTTSessionStore = filepath.Join(t.TempDir(), "sessions.db")
 	cfg.HTTPAddr, cfg.MQTTAddr, cfg.MQTTWSAddr = "127.0.0.1:0", "127.0.0.1:0", ""
 	cfg.IngestFlush = time.Hour // nothing is written before shutdown
 	cfg.IngestBatch = 1 << 30
