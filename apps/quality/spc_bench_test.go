@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"net/http/httptest"
 	"syscall"
 	"testing"
 	"time"
@@ -12,6 +13,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/labstack/echo/v4"
 
 	"github.com/nxcloud/nxcloud/apps"
 	"github.com/nxcloud/nxcloud/apps/quality"
@@ -135,6 +137,32 @@ func BenchmarkSPC(b *testing.B) {
 				}
 				if res.Values != benchResults {
 					b.Fatalf("%d values, want %d", res.Values, benchResults)
+				}
+			}
+		})
+	}
+	// The HTTP route itself: echo, the permission check, the handler and
+	// the JSON answer (what the API's auth middleware puts in the context is
+	// set directly: an owner's session on the benchmark tenant).
+	e := echo.New()
+	tenantID, _ := tenants.FromContext(ctx)
+	principal := tenants.Principal{Kind: tenants.KindUser, UserID: uuid.New(), OrgKind: tenants.OrgEnterprise, Role: "owner", TenantID: tenantID}
+	g := e.Group("/api/v1", func(next echo.HandlerFunc) echo.HandlerFunc {
+		return func(c echo.Context) error {
+			rctx := tenants.WithPrincipal(tenants.WithTenant(c.Request().Context(), tenantID), principal)
+			c.SetRequest(c.Request().WithContext(rctx))
+			return next(c)
+		}
+	})
+	quality.NewHandler(svc).Register(g, tenants.NewRoutes())
+	for _, chart := range []string{quality.ChartXbarR, quality.ChartIMR} {
+		b.Run("http/"+chart, func(b *testing.B) {
+			defer reportCPU(b)()
+			for b.Loop() {
+				rec := httptest.NewRecorder()
+				e.ServeHTTP(rec, httptest.NewRequest("GET", "/api/v1/quality/spc?characteristic=br&rules=nelson&chart="+chart, nil))
+				if rec.Code != 200 {
+					b.Fatalf("%d %s", rec.Code, rec.Body)
 				}
 			}
 		})
