@@ -16,7 +16,7 @@ FUZZTIME ?= 5s
 BENCH_ARGS ?=
 RUN_ARGS ?=
 
-.PHONY: help build run stop test unit fuzz bench vet clean services env status chaos-metering
+.PHONY: help build run stop test unit fuzz bench vet clean services env status chaos chaos-metering
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
@@ -64,6 +64,10 @@ fuzz:
 
 bench: services ## services up, then go run ./cmd/nxcloud bench with BENCH_ARGS
 	source "$(ENV_FILE)" && $(GO) run ./cmd/nxcloud bench $(BENCH_ARGS)
+
+chaos: ## ingest fault test on a private PostgreSQL and Redis: SIGKILL nxcloud twice, stop PostgreSQL 60 s, restart Redis (CHAOS_ARGS)
+	$(GO) build -o bin/nxcloud ./cmd/nxcloud
+	bin/nxcloud chaos $(CHAOS_ARGS)
 
 chaos-metering: services ## kill nxcloud twice and restart Redis under traffic; prove metering exact (CHAOS_ARGS)
 	$(GO) build -o bin/nxcloud ./cmd/nxcloud

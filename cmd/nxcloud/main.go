@@ -47,7 +47,10 @@ Commands:
   demo       migrate, seed the demo factory, serve it and simulate its devices
   simulate   publish simulated telemetry for devices over MQTT
   bench      measure end-to-end ingest throughput and latency against raw COPY
+  chaos      ingest fault test: SIGKILL nxcloud twice, stop PostgreSQL 60 s, restart Redis under QoS 1
+             traffic; prove every acknowledged message stored exactly once
   chaos-metering  kill nxcloud twice and restart Redis under traffic; prove metering exact
+  bench-metering  ingest throughput with metering off and on, alternating rounds of one run
   tenant     onboard an enterprise: tenant create --sector S --slug X --name N
   version    print the version
 
@@ -73,8 +76,12 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return cmdSimulate(ctx, rest, getenv, stdout, stderr)
 	case "bench":
 		return cmdBench(ctx, rest, getenv, stdout, stderr)
+	case "chaos":
+		return cmdChaos(ctx, rest, getenv, stdout, stderr)
 	case "chaos-metering":
 		return cmdChaosMetering(ctx, rest, getenv, stdout, stderr)
+	case "bench-metering":
+		return cmdBenchMetering(ctx, rest, getenv, stdout, stderr)
 	case "tenant":
 		return cmdTenant(ctx, rest, getenv, stdout, stderr)
 	case "version":
