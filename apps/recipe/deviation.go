@@ -254,6 +254,8 @@ func (s *Service) scanParameter(ctx context.Context, tx pgx.Tx, r run, p Paramet
 			_, err = tx.Exec(ctx, `UPDATE recipe_deviations SET started_at = $2, ended_at = $3, last_at = $4, worst_value = $5,
 				worst_at = $6, points = $7 WHERE id = $1`, match.id, c.started, c.ended, c.last, c.worst, c.worstAt, c.points)
 		} else {
+			s.log.Info("recipe deviation", "run", r.id, "lot", r.lot, "device", r.device, "metric", p.Metric,
+				"limit", c.side, "started", c.started, "worst", c.worst)
 			_, err = tx.Exec(ctx, `INSERT INTO recipe_deviations (tenant_id, id, run_id, lot_id, device_id, version_id, metric, unit,
 				limit_crossed, lower_limit, upper_limit, setpoint, started_at, ended_at, last_at, worst_value, worst_at, points)
 				VALUES (nx_require_tenant(), $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)`,
