@@ -31,6 +31,12 @@ type Hot struct {
 	latest map[deviceKey]map[int32]latestValue
 	seen   map[deviceKey]time.Time
 	conn   map[deviceKey]connState
+	// online is every device connected now, kept so the presence hash can
+	// be written again in full: after a Redis restart (or flushes lost while
+	// it was away) presence recovers by itself within resyncEvery.
+	online      map[deviceKey]time.Time
+	resyncEvery time.Duration
+	lastResync  time.Time
 
 	stop chan struct{}
 	done chan struct{}
@@ -57,7 +63,8 @@ func NewHot(rdb redis.UniversalClient, interval time.Duration, log *slog.Logger)
 		log = slog.New(slog.DiscardHandler)
 	}
 	h := &Hot{rdb: rdb, interval: interval, log: log, stop: make(chan struct{}), done: make(chan struct{}),
-		latest: map[deviceKey]map[int32]latestValue{}, seen: map[deviceKey]time.Time{}, conn: map[deviceKey]connState{}}
+		latest: map[deviceKey]map[int32]latestValue{}, seen: map[deviceKey]time.Time{}, conn: map[deviceKey]connState{},
+		online: map[deviceKey]time.Time{}, resyncEvery: 30 * time.Second, lastResync: time.Now()}
 	go h.loop()
 	return h
 }
@@ -91,7 +98,13 @@ func (h *Hot) Seen(tenant, device uuid.UUID, t time.Time) {
 // Connected records a device's connection state.
 func (h *Hot) Connected(tenant, device uuid.UUID, up bool) {
 	h.mu.Lock()
-	h.conn[deviceKey{tenant, device}] = connState{up, time.Now()}
+	k, now := deviceKey{tenant, device}, time.Now()
+	h.conn[k] = connState{up, now}
+	if up {
+		h.online[k] = now
+	} else {
+		delete(h.online, k)
+	}
 	h.mu.Unlock()
 }
 
@@ -119,6 +132,14 @@ func (h *Hot) loop() {
 func (h *Hot) flush() {
 	h.mu.Lock()
 	latest, seen, conn := h.latest, h.seen, h.conn
+	if time.Since(h.lastResync) >= h.resyncEvery {
+		h.lastResync = time.Now()
+		for k, at := range h.online {
+			if _, changed := conn[k]; !changed {
+				conn[k] = connState{up: true, at: at}
+			}
+		}
+	}
 	if len(latest)+len(seen)+len(conn) == 0 {
 		h.mu.Unlock()
 		return

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/nxcloud/nxcloud/broker"
 	"github.com/nxcloud/nxcloud/ingest"
@@ -245,5 +246,38 @@ func TestReplayStoresOnce(t *testing.T) {
 		if d := p.Stats().PointsDuplicate.Load(); d < 10 {
 			t.Errorf("round %d: %d duplicate points counted, want at least the 10 re-sent", round, d)
 		}
+	}
+}
+
+// TestRedisOutageDoesNotStopIngest: with Redis unreachable, messages are
+// acknowledged and stored as usual; only the hot state fails (counted).
+func TestRedisOutageDoesNotStopIngest(t *testing.T) {
+	env := tenanttest.New(t)
+	tn := env.NewTenant(t)
+	env.Device(t, tn, "mill-01", "jet-mill")
+	dead := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1", DialTimeout: 100 * time.Millisecond, MaxRetries: -1})
+	defer dead.Close()
+	hot := ingest.NewHot(dead, 10*time.Millisecond, nil)
+	defer hot.Close()
+	p, err := ingest.New(ingest.Config{FlushInterval: time.Millisecond, Spool: ingest.SpoolConfig{Dir: t.TempDir()}},
+		env.DB.System, env.Tenants, hot)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Start()
+	ctx := context.Background()
+	for i := 0; i < 20; i++ {
+		m := message(t, env, tn, "mill-01", 1, fmt.Sprintf(`{"ts":%d,"metrics":{"d50_um":3.5}}`, time.Now().Add(time.Duration(-i)*time.Second).UnixMilli()))
+		if err := p.Handle(ctx, m); err != nil {
+			t.Fatal(err)
+		}
+		hot.Connected(tn.ID, m.Identity.DeviceID, true)
+	}
+	waitFor(t, "the points to be stored", func() bool { return p.Stats().PointsCommitted.Load() == 20 })
+	if err := p.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n := count(t, env, `SELECT count(*) FROM telemetry WHERE tenant_id = $1`, tn.ID); n != 20 {
+		t.Fatalf("%d rows stored with Redis away, want 20", n)
 	}
 }
