@@ -107,14 +107,30 @@ func (s *Service) Trace(ctx context.Context, q TraceQuery) (Trace, error) {
 	if q.MaxDepth < 0 {
 		return Trace{}, apps.FieldError("depth", "depth must be positive")
 	}
-	tenant, _ := tenants.FromContext(ctx)
-	var out Trace
-	err := s.inTx(ctx, func(tx pgx.Tx) error {
-		var err error
-		out, err = s.trace(ctx, tx, tenant, q)
-		return err
-	})
-	return out, err
+	tenant, ok := tenants.FromContext(ctx)
+	if !ok {
+		return Trace{}, apps.Errorf(apps.Unauthorized, "no tenant in this request")
+	}
+	return s.trace(ctx, tenant, q)
+}
+
+// pipeline sends queries in one round trip, as one implicit transaction
+// scoped to the tenant: set_config(…, true) first, as tenants.InTx does, so
+// row-level security applies to every query of the batch (and a batch cut
+// short reads nothing rather than another tenant's rows).
+func (s *Service) pipeline(ctx context.Context, tenant uuid.UUID, queue func(*pgx.Batch), read func(pgx.BatchResults) error) error {
+	b := &pgx.Batch{}
+	b.Queue(`SELECT set_config('nx.tenant_id', $1, true)`, tenant.String())
+	queue(b)
+	br := s.db.App.SendBatch(ctx, b)
+	_, err := br.Exec()
+	if err == nil {
+		err = read(br)
+	}
+	if cerr := br.Close(); err == nil {
+		err = cerr
+	}
+	return err
 }
 
 type edge struct {
@@ -123,17 +139,18 @@ type edge struct {
 	quantity      float64
 }
 
-// walk finds the root lot (by code or id) and returns every link reachable
-// from it in the direction, in one statement. The recursive CTE unions on the
-// lot id, so each lot is expanded once: it ends on any graph, cycles included,
-// and its work is linear in the links reached. Errors: not_found (root).
-func walk(ctx context.Context, q tenants.Querier, tenant uuid.UUID, ref, direction string) (uuid.UUID, string, []edge, error) {
+// walkSQL finds the root lot (by code or id) and returns every link
+// reachable from it in the direction, in one statement ($1 tenant, $2 code,
+// $3 id). The recursive CTE unions on the lot id, so each lot is expanded
+// once: it ends on any graph, cycles included, and its work is linear in the
+// links reached.
+func walkSQL(direction string) string {
 	from, to := "child_id", "parent_id"
 	if direction == Forward {
 		from, to = "parent_id", "child_id"
 	}
 	// from/to are one of two fixed column names, never input.
-	sql := `WITH RECURSIVE root AS (
+	return `WITH RECURSIVE root AS (
 			SELECT id, code FROM lots WHERE tenant_id = $1 AND (code = $2 OR id = $3) LIMIT 1
 		), reach(id) AS (
 			SELECT id FROM root
@@ -144,14 +161,10 @@ func walk(ctx context.Context, q tenants.Querier, tenant uuid.UUID, ref, directi
 			FROM reach r JOIN lot_links l ON l.tenant_id = $1 AND l.` + from + ` = r.id
 		)
 		SELECT root.id, root.code, e.parent_id, e.child_id, e.kind, e.quantity FROM root LEFT JOIN edges e ON true`
-	var id *uuid.UUID
-	if u, err := uuid.Parse(ref); err == nil {
-		id = &u
-	}
-	rows, err := q.Query(ctx, sql, tenant, ref, id)
-	if err != nil {
-		return uuid.Nil, "", nil, err
-	}
+}
+
+// readWalk reads walkSQL's answer. Errors: not_found (no root).
+func readWalk(rows pgx.Rows, ref string) (uuid.UUID, string, []edge, error) {
 	defer rows.Close()
 	var root uuid.UUID
 	var code string
@@ -221,8 +234,26 @@ func depths(root uuid.UUID, edges []edge, direction string, maxDepth int) (map[u
 	return depth, kept, truncated
 }
 
-func (s *Service) trace(ctx context.Context, tx pgx.Tx, tenant uuid.UUID, q TraceQuery) (Trace, error) {
-	rootID, rootCode, edges, err := walk(ctx, tx, tenant, q.Lot, q.Direction)
+// trace reads the genealogy (one round trip), then the lots with their runs
+// and shipments (one round trip), then, in a transaction, what needs more
+// queries: telemetry summaries, shipments' lots, other apps' details.
+func (s *Service) trace(ctx context.Context, tenant uuid.UUID, q TraceQuery) (Trace, error) {
+	var id *uuid.UUID
+	if u, err := uuid.Parse(q.Lot); err == nil {
+		id = &u
+	}
+	var rootID uuid.UUID
+	var rootCode string
+	var edges []edge
+	err := s.pipeline(ctx, tenant, func(b *pgx.Batch) { b.Queue(walkSQL(q.Direction), tenant, q.Lot, id) },
+		func(br pgx.BatchResults) error {
+			rows, err := br.Query()
+			if err != nil {
+				return err
+			}
+			rootID, rootCode, edges, err = readWalk(rows, q.Lot)
+			return err
+		})
 	if err != nil {
 		return Trace{}, err
 	}
@@ -231,19 +262,21 @@ func (s *Service) trace(ctx context.Context, tx pgx.Tx, tenant uuid.UUID, q Trac
 	for id := range depth {
 		ids = append(ids, id)
 	}
-	// The lots, their runs and their shipments in one round trip.
-	batch := &pgx.Batch{}
-	batch.Queue(`SELECT `+lotColumns+lotFrom+`WHERE l.tenant_id = $1 AND l.id = ANY($2)`, tenant, ids)
-	batch.Queue(`SELECT r.lot_id, `+runColumns+runFrom+`WHERE r.tenant_id = $1 AND r.lot_id = ANY($2)
-		ORDER BY r.started_at, r.id`, tenant, ids)
-	batch.Queue(`SELECT sl.lot_id, s.code, c.code, c.name, s.shipped_at, sl.quantity::float8
-		FROM shipment_lots sl JOIN shipments s ON s.id = sl.shipment_id JOIN customers c ON c.id = s.customer_id
-		WHERE sl.tenant_id = $1 AND sl.lot_id = ANY($2) ORDER BY s.shipped_at, s.code`, tenant, ids)
-	br := tx.SendBatch(ctx, batch)
-	lots, runs, ships, err := readTraceBatch(br)
-	if cerr := br.Close(); err == nil {
-		err = cerr
-	}
+	var lots []Lot
+	var runs []lotRun
+	var ships []lotShipment
+	err = s.pipeline(ctx, tenant, func(b *pgx.Batch) {
+		b.Queue(`SELECT `+lotColumns+lotFrom+`WHERE l.tenant_id = $1 AND l.id = ANY($2)`, tenant, ids)
+		b.Queue(`SELECT r.lot_id, `+runColumns+runFrom+`WHERE r.tenant_id = $1 AND r.lot_id = ANY($2)
+			ORDER BY r.started_at, r.id`, tenant, ids)
+		b.Queue(`SELECT sl.lot_id, s.code, c.code, c.name, s.shipped_at, sl.quantity::float8
+			FROM shipment_lots sl JOIN shipments s ON s.id = sl.shipment_id JOIN customers c ON c.id = s.customer_id
+			WHERE sl.tenant_id = $1 AND sl.lot_id = ANY($2) ORDER BY s.shipped_at, s.code`, tenant, ids)
+	}, func(br pgx.BatchResults) error {
+		var err error
+		lots, runs, ships, err = readTraceBatch(br)
+		return err
+	})
 	if err != nil {
 		return Trace{}, err
 	}
@@ -276,17 +309,26 @@ func (s *Service) trace(ctx context.Context, tx pgx.Tx, tenant uuid.UUID, q Trac
 		}
 		return a.Child < b.Child
 	})
-	if err := s.addRuns(ctx, tx, &out, runs, index, q.Telemetry); err != nil {
-		return Trace{}, err
-	}
-	if err := addShipments(ctx, tx, &out, ships, index); err != nil {
-		return Trace{}, err
-	}
+	sources := map[string]DetailSource{}
 	if q.Details {
-		for key, src := range s.detailSources() {
+		sources = s.detailSources()
+	}
+	if !(q.Telemetry && len(runs) > 0) && len(ships) == 0 && len(sources) == 0 {
+		// Nothing more to read: runs without summaries need no query.
+		err := s.addRuns(ctx, nil, &out, runs, index, false)
+		return out, err
+	}
+	err = s.inTx(ctx, func(tx pgx.Tx) error {
+		if err := s.addRuns(ctx, tx, &out, runs, index, q.Telemetry); err != nil {
+			return err
+		}
+		if err := addShipments(ctx, tx, &out, ships, index); err != nil {
+			return err
+		}
+		for key, src := range sources {
 			m, err := src.LotDetails(ctx, tx, ids)
 			if err != nil {
-				return Trace{}, fmt.Errorf("trace details %s: %w", key, err)
+				return fmt.Errorf("trace details %s: %w", key, err)
 			}
 			for id, v := range m {
 				if i, ok := index[id]; ok {
@@ -294,6 +336,10 @@ func (s *Service) trace(ctx context.Context, tx pgx.Tx, tenant uuid.UUID, q Trac
 				}
 			}
 		}
+		return nil
+	})
+	if err != nil {
+		return Trace{}, err
 	}
 	return out, nil
 }
