@@ -1,5 +1,7 @@
 package quality
 
+import "math/bits"
+
 // Rule is a run rule flagging points of a control chart.
 type Rule uint16
 
@@ -51,36 +53,12 @@ func (r Rule) Names() []string {
 	return out
 }
 
-// kOfM tracks, over the last m points, how many are beyond a threshold on
-// each side.
-type kOfM struct {
-	m          int
-	hi, lo     []bool
-	nHi, nLo   int
-	pos, count int
-}
-
-func newKOfM(m int) *kOfM { return &kOfM{m: m, hi: make([]bool, m), lo: make([]bool, m)} }
-
-func (w *kOfM) push(hi, lo bool) {
-	if w.count == w.m {
-		if w.hi[w.pos] {
-			w.nHi--
-		}
-		if w.lo[w.pos] {
-			w.nLo--
-		}
-	} else {
-		w.count++
+// bit is 1 for true.
+func bit(b bool) uint32 {
+	if b {
+		return 1
 	}
-	w.hi[w.pos], w.lo[w.pos] = hi, lo
-	if hi {
-		w.nHi++
-	}
-	if lo {
-		w.nLo++
-	}
-	w.pos = (w.pos + 1) % w.m
+	return 0
 }
 
 // Flags applies the rules in set to the points x of a chart with limits l and
@@ -93,7 +71,9 @@ func Flags(x []float64, l ControlLimits, set Rule) []Rule {
 	}
 	cl := l.Center
 	s := (l.UCL - l.Center) / 3
-	w2, w1 := newKOfM(3), newKOfM(5)
+	// The last 3 (beyond 2σ) and 5 (beyond 1σ) points, above and below, as
+	// bit windows: bit 0 is the current point.
+	var hi2w, lo2w, hi1w, lo1w uint32
 	var above, below, up, down, alt, within, outside int
 	for i, v := range x {
 		var f Rule
@@ -102,12 +82,12 @@ func Flags(x []float64, l ControlLimits, set Rule) []Rule {
 		}
 		hi2, lo2 := v > cl+2*s, v < cl-2*s
 		hi1, lo1 := v > cl+s, v < cl-s
-		w2.push(hi2, lo2)
-		w1.push(hi1, lo1)
-		if (hi2 && w2.nHi >= 2) || (lo2 && w2.nLo >= 2) {
+		hi2w, lo2w = (hi2w<<1|bit(hi2))&0b111, (lo2w<<1|bit(lo2))&0b111
+		hi1w, lo1w = (hi1w<<1|bit(hi1))&0b11111, (lo1w<<1|bit(lo1))&0b11111
+		if (hi2 && bits.OnesCount32(hi2w) >= 2) || (lo2 && bits.OnesCount32(lo2w) >= 2) {
 			f |= WE2 | Nelson5
 		}
-		if (hi1 && w1.nHi >= 4) || (lo1 && w1.nLo >= 4) {
+		if (hi1 && bits.OnesCount32(hi1w) >= 4) || (lo1 && bits.OnesCount32(lo1w) >= 4) {
 			f |= WE3 | Nelson6
 		}
 		switch {
