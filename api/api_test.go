@@ -1105,12 +1105,12 @@ func TestCursorPaging(t *testing.T) {
 		t.Errorf("dead letters by reason = %+v, want the 2 out_of_range ones", page.Items)
 	}
 
-	// Points that share the timestamp of a page's last point are on the next
-	// page, not lost.
-	t.Run("same timestamp across pages", func(t *testing.T) {
+	// A series holds one point per timestamp (ingest stores a re-sent point
+	// once); points a microsecond apart straddle a page boundary without loss.
+	t.Run("adjacent timestamps across pages", func(t *testing.T) {
 		o2 := metricOf(t, s.env, a, "jet-mill", "o2_ppm")
 		at := base.Add(time.Second)
-		seedPoints(t, s.env, a.ID, d.ID, o2.ID, []time.Time{at, at.Add(time.Second), at.Add(time.Second)}, []float64{1, 2, 3})
+		seedPoints(t, s.env, a.ID, d.ID, o2.ID, []time.Time{at, at.Add(time.Second), at.Add(time.Second + time.Microsecond)}, []float64{1, 2, 3})
 		target := "/api/v1/devices/mill-1/series?metric=o2_ppm&limit=2&from=" + url.QueryEscape(from)
 		p1 := decode[telemetry.RawSeries](t, "page 1", s.do(t, "GET", target, key, ""), 200)
 		if p1.NextCursor == "" {
@@ -1119,6 +1119,14 @@ func TestCursorPaging(t *testing.T) {
 		p2 := decode[telemetry.RawSeries](t, "page 2", s.do(t, "GET", target+"&cursor="+p1.NextCursor, key, ""), 200)
 		if n := len(p1.Points) + len(p2.Points); n != 3 || p2.NextCursor != "" {
 			t.Fatalf("paging returned %d of 3 points (page 2 cursor %q)", n, p2.NextCursor)
+		}
+		err := pgx.BeginFunc(context.Background(), s.env.DB.System, func(tx pgx.Tx) error {
+			_, err := tx.Exec(context.Background(), `INSERT INTO telemetry (ts, tenant_id, device_id, metric_id, value) VALUES ($1, $2, $3, $4, 9)`,
+				at, a.ID, d.ID, o2.ID)
+			return err
+		})
+		if err == nil {
+			t.Error("a second point for the same device, metric and ts was stored")
 		}
 	})
 }
