@@ -244,7 +244,11 @@ func TestLotEventsAndTelemetrySummary(t *testing.T) {
 	start := time.Now().UTC().Add(time.Hour).Truncate(time.Minute)
 	end := start.Add(90 * time.Minute)
 	insertEvent(t, env, tn, furnace, start, `{"type":"lot_start","lot":"S-100"}`)
-	insertEvent(t, env, tn, furnace, start.Add(time.Minute), `{"type":"lot_start","lot":"NO-SUCH-LOT"}`)
+	insertEvent(t, env, tn, furnace, start.Add(time.Minute), `{"type":"lot_end","lot":"NO-SUCH-LOT"}`)
+	insertEvent(t, env, tn, furnace, start.Add(time.Minute), `{"type":"lot_start","lot":"bad code"}`)
+	insertEvent(t, env, tn, furnace, start.Add(time.Minute), `{"type":"lot_start","lot":"EV-2","grade":"N99"}`)
+	// An MES starts a lot the platform has not seen: it is created.
+	insertEvent(t, env, tn, furnace, start.Add(time.Minute), `{"type":"lot_start","lot":"EV-1","product":"N45 block","grade":"N45","quantity":300}`)
 	insertEvent(t, env, tn, furnace, start.Add(2*time.Minute), `{"type":"door_open"}`)
 	insertEvent(t, env, tn, furnace, end, `{"type":"lot_end","lot":"S-100"}`)
 	feed := svc.Feed(env.DB.System)
@@ -259,14 +263,26 @@ func TestLotEventsAndTelemetrySummary(t *testing.T) {
 	if r.Device != "sinter-1" || !r.StartedAt.Equal(start) || r.EndedAt == nil || !r.EndedAt.Equal(end) || r.Source != "event" {
 		t.Errorf("run = %+v", r)
 	}
-	// The refused event is recorded with its reason, visible to the tenant.
-	var reason string
-	err = tenants.InTx(ctx, env.DB.App, func(tx pgx.Tx) error {
-		return tx.QueryRow(ctx, `SELECT coalesce(error, '') FROM event_feed_seen s JOIN device_events e ON e.id = s.event_id
-			WHERE s.consumer = $1 AND e.payload->>'lot' = 'NO-SUCH-LOT'`, batch.FeedConsumer).Scan(&reason)
-	})
-	if err != nil || !strings.Contains(reason, "unknown lot") {
-		t.Errorf("refusal = %q, %v", reason, err)
+	ev1, err := svc.Lot(ctx, "EV-1")
+	if err != nil || ev1.Grade != "N45" || ev1.Quantity != 300 || ev1.Status != "running" || ev1.StartedAt == nil {
+		t.Errorf("lot from event = %+v, %v", ev1, err)
+	}
+	if runs, _ := svc.Runs(ctx, "EV-1"); len(runs) != 1 || runs[0].EndedAt != nil {
+		t.Errorf("runs of EV-1 = %+v", runs)
+	}
+	// The refused events are recorded with their reasons, visible to the tenant.
+	for lot, want := range map[string]string{"NO-SUCH-LOT": "unknown lot", "bad code": "code", "EV-2": "not a grade of the sector"} {
+		var reason string
+		err = tenants.InTx(ctx, env.DB.App, func(tx pgx.Tx) error {
+			return tx.QueryRow(ctx, `SELECT coalesce(error, '') FROM event_feed_seen s JOIN device_events e ON e.id = s.event_id
+				WHERE s.consumer = $1 AND e.payload->>'lot' = $2`, batch.FeedConsumer, lot).Scan(&reason)
+		})
+		if err != nil || !strings.Contains(reason, want) {
+			t.Errorf("refusal of %s = %q, %v", lot, reason, err)
+		}
+	}
+	if _, err := svc.Lot(ctx, "EV-2"); apps.Code(err) != apps.NotFound {
+		t.Errorf("refused lot_start created EV-2: %v", err)
 	}
 	// Polling again applies nothing twice.
 	if _, err := feed.Poll(context.Background()); err != nil {

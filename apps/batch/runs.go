@@ -172,13 +172,23 @@ func (s *Service) Feed(system *pgxpool.Pool) *ingest.Feed {
 type lotEvent struct {
 	Type string `json:"type"`
 	Lot  string `json:"lot"`
+	// A lot_start naming a lot not yet recorded creates it with these.
+	Product  string   `json:"product"`
+	Grade    string   `json:"grade"`
+	Quantity *float64 `json:"quantity"`
+	Unit     string   `json:"unit"`
+	Shift    string   `json:"shift"`
+	Operator string   `json:"operator"`
 }
 
 // ApplyEvent applies one device event: lot_start opens a run of the lot on the
-// device at the event's time, lot_end closes the device's open run of it.
-// Other event types are not the batch app's and are passed over. Errors
-// (refusing the event for good): invalid (malformed, end before start),
-// not_found (unknown lot, no open run), conflict (already running).
+// device at the event's time (creating the lot, on the device's line, when
+// the code is new: an MES or the first machine of a line starts lots), lot_end
+// closes the device's open run of it. Other event types are not the batch
+// app's and are passed over. Errors (refusing the event for good): invalid
+// (malformed code or fields, a grade not in the sector, end before start),
+// not_found (lot_end of an unknown lot, no open run), conflict (already
+// running).
 func (s *Service) ApplyEvent(ctx context.Context, tx pgx.Tx, ev ingest.DeviceEvent) error {
 	var e lotEvent
 	if err := json.Unmarshal(ev.Payload, &e); err != nil {
@@ -193,10 +203,15 @@ func (s *Service) ApplyEvent(ctx context.Context, tx pgx.Tx, ev ingest.DeviceEve
 	var lot uuid.UUID
 	// The feed's connection may bypass row-level security: every query
 	// names the event's tenant.
-	if err := tx.QueryRow(ctx, `SELECT id FROM lots WHERE tenant_id = nx_require_tenant() AND code = $1`, e.Lot).Scan(&lot); err != nil {
-		if err == pgx.ErrNoRows {
-			return apps.Errorf(apps.NotFound, "%s: unknown lot %q", e.Type, clip(e.Lot))
+	err := tx.QueryRow(ctx, `SELECT id FROM lots WHERE tenant_id = nx_require_tenant() AND code = $1`, e.Lot).Scan(&lot)
+	switch {
+	case err == pgx.ErrNoRows && e.Type == "lot_start":
+		if lot, err = createFromEvent(ctx, tx, e, ev); err != nil {
+			return err
 		}
+	case err == pgx.ErrNoRows:
+		return apps.Errorf(apps.NotFound, "%s: unknown lot %q", e.Type, clip(e.Lot))
+	case err != nil:
 		return err
 	}
 	if e.Type == "lot_start" {
@@ -205,7 +220,7 @@ func (s *Service) ApplyEvent(ctx context.Context, tx pgx.Tx, ev ingest.DeviceEve
 	}
 	var run int64
 	var started time.Time
-	err := tx.QueryRow(ctx, `SELECT id, started_at FROM lot_runs
+	err = tx.QueryRow(ctx, `SELECT id, started_at FROM lot_runs
 		WHERE tenant_id = nx_require_tenant() AND lot_id = $1 AND device_id = $2 AND ended_at IS NULL`,
 		lot, ev.DeviceID).Scan(&run, &started)
 	if err == pgx.ErrNoRows {
@@ -219,4 +234,35 @@ func (s *Service) ApplyEvent(ctx context.Context, tx pgx.Tx, ev ingest.DeviceEve
 	}
 	_, err = tx.Exec(ctx, `UPDATE lot_runs SET ended_at = $2 WHERE tenant_id = nx_require_tenant() AND id = $1`, run, ev.TS)
 	return err
+}
+
+// createFromEvent records the lot a lot_start names, on the device's line.
+func createFromEvent(ctx context.Context, tx pgx.Tx, e lotEvent, ev ingest.DeviceEvent) (uuid.UUID, error) {
+	in := LotInput{Code: e.Lot, Product: e.Product, Grade: e.Grade, Unit: e.Unit, Shift: e.Shift, Operator: e.Operator, Status: "running"}
+	if e.Quantity != nil {
+		in.Quantity = *e.Quantity
+	}
+	if err := in.check(); err != nil {
+		return uuid.Nil, err
+	}
+	var ok bool
+	if in.Grade != "" {
+		if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM grades WHERE tenant_id = nx_require_tenant() AND code = $1)`, in.Grade).Scan(&ok); err != nil {
+			return uuid.Nil, err
+		}
+		if !ok {
+			return uuid.Nil, apps.FieldError("grade", "grade %q is not a grade of the sector", clip(in.Grade))
+		}
+	}
+	var id uuid.UUID
+	err := tx.QueryRow(ctx, `INSERT INTO lots (tenant_id, code, product, kind, grade_code, line_id, quantity, unit, status,
+			started_at, shift, operator, attributes)
+		SELECT nx_require_tenant(), $1, $2, 'wip', nullif($3, ''), d.line_id, $4, $5, 'running', $6, $7, $8,
+			jsonb_build_object('created_by_event', $9::bigint)
+		FROM devices d WHERE d.tenant_id = nx_require_tenant() AND d.id = $10
+		RETURNING id`, in.Code, in.Product, in.Grade, in.Quantity, in.Unit, ev.TS, in.Shift, in.Operator, ev.ID, ev.DeviceID).Scan(&id)
+	if err != nil {
+		return uuid.Nil, tenants.StoreError(err, "lot "+in.Code)
+	}
+	return id, nil
 }
