@@ -139,6 +139,12 @@ func TestPlansSubscriptionsInvoices(t *testing.T) {
 		t.Errorf("A's subscriptions = %+v", subs.Items)
 	}
 
+	// B choosing a plan changes only B's.
+	decode[metering.Subscription](t, "B subscribes", s.do(t, "POST", "/api/v1/billing/subscriptions", bearer(b.APIKey), `{"plan":"`+code+`"}`), 201)
+	if again := decode[struct{ Items []metering.Subscription }](t, "subs", s.do(t, "GET", "/api/v1/billing/subscriptions", ownerAuth, ""), 200); len(again.Items) != 2 {
+		t.Errorf("A's subscriptions after B's choice = %+v", again.Items)
+	}
+
 	// A's draft: monthly fee, one-off, app, usage, effect (no downgrade data: floor).
 	invs := decode[struct{ Items []metering.Invoice }](t, "A's invoices", s.do(t, "GET", "/api/v1/invoices", ownerAuth, ""), 200)
 	if len(invs.Items) != 1 || invs.Items[0].Status != "draft" || invs.Items[0].TotalCents != 9900+50000+2000 {

@@ -219,3 +219,24 @@ func TestSnapshots(t *testing.T) {
 		t.Errorf("snapshots = %v, want 2 active devices and some bytes", u)
 	}
 }
+
+// The demo plan is valid and the demo enterprise is put on it once.
+func TestDemoPlan(t *testing.T) {
+	t.Parallel()
+	env := tenanttest.New(t)
+	s := newService(t, env)
+	tn := env.NewTenant(t)
+	for i := 0; i < 2; i++ {
+		if err := s.EnsureDemoPlan(context.Background(), tn.ID); err != nil {
+			t.Fatal(err)
+		}
+	}
+	subs, err := s.Subscriptions(context.Background(), s.sys, tn.ID)
+	if err != nil || len(subs) != 1 || subs[0].Plan != DemoPlanCode || subs[0].EffectBaseline == nil {
+		t.Fatalf("subscriptions = %+v, %v", subs, err)
+	}
+	inv, err := s.Draft(context.Background(), s.sys, tn.ID, monthStart(time.Now()))
+	if err != nil || inv.TotalCents < 99900+500000+2*19900 {
+		t.Errorf("demo draft = %+v, %v", inv, err)
+	}
+}

@@ -235,3 +235,44 @@ func (s *Service) TenantExists(ctx context.Context, tenant uuid.UUID) error {
 	err := s.sys.QueryRow(ctx, `SELECT id FROM tenants WHERE id = $1`, tenant).Scan(&id)
 	return tenants.StoreError(err, "enterprise")
 }
+
+// DemoPlanCode is the plan the demo enterprise is put on.
+const DemoPlanCode = "demo-standard"
+
+// DemoPlan is the demo's price plan: every kind of charge once, at prices
+// that make the demo's invoice readable.
+var DemoPlan = PlanInput{Code: DemoPlanCode, Name: "Standard (demo)", Currency: "CNY", Definition: Definition{
+	MonthlyFeeCents: 99900,
+	OneOff:          []Fee{{Code: "onboarding", Description: "Onboarding from the sector template", AmountCents: 500000}},
+	Apps:            []AppFee{{App: "batch", MonthlyCents: 19900}, {App: "quality", MonthlyCents: 19900}},
+	Prices: []Price{
+		{Meter: MeterPoints, Model: Graduated, Per: 1000, Free: 1000000, Description: "telemetry points stored",
+			Tiers: []Tier{{UpTo: 100000000, UnitCents: 2}, {UnitCents: 1}}},
+		{Meter: MeterAPICalls, Model: PerUnit, Per: 1000, UnitCents: 50, Free: 10000, Description: "API calls answered"},
+		{Meter: MeterAppUses, SubjectPrefix: "batch.", Model: Volume, Description: "batch traces and exports",
+			Tiers: []Tier{{UpTo: 1000, UnitCents: 10}, {UnitCents: 5}}},
+		{Meter: MeterActiveDevices, Model: PerUnit, UnitCents: 1000, Description: "active devices (the month's maximum)"},
+		{Meter: MeterStorage, Model: PerUnit, Per: 1 << 30, UnitCents: 100, Description: "storage (GiB-month)"},
+	},
+	Quotas: []Quota{{Meter: MeterAPICalls, Limit: 5000000, Hard: true}, {Meter: MeterPoints, Limit: 2000000000}},
+	Effect: &Effect{KPI: KPIDowngradeRate, SharePct: 20, CentsPerPoint: 100000, FloorCents: 0, CapCents: 2000000},
+}}
+
+// EnsureDemoPlan creates the demo plan if it is missing and puts tenant on
+// it (baseline downgrade rate 8 %) unless the tenant has a plan already.
+func (s *Service) EnsureDemoPlan(ctx context.Context, tenant uuid.UUID) error {
+	if _, err := s.PlanByRef(ctx, s.sys, DemoPlanCode); apps.Code(err) == apps.NotFound {
+		if _, err := s.CreatePlan(ctx, DemoPlan, "demo"); err != nil && apps.Code(err) != apps.Conflict {
+			return err
+		}
+	} else if err != nil {
+		return err
+	}
+	subs, err := s.Subscriptions(ctx, s.sys, tenant)
+	if err != nil || len(subs) > 0 {
+		return err
+	}
+	baseline := "0.08"
+	_, err = s.Subscribe(ctx, s.sys, tenant, SubscriptionInput{Plan: DemoPlanCode, EffectBaseline: &baseline}, "demo")
+	return err
+}

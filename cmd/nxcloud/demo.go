@@ -42,6 +42,10 @@ func cmdDemo(ctx context.Context, args []string, getenv func(string) string, std
 		_ = p.shutdown()
 		return fmt.Errorf("seed demo: %w", err)
 	}
+	if err := p.meter.EnsureDemoPlan(ctx, res.Tenant.ID); err != nil { // docs/metering.md
+		_ = p.shutdown()
+		return fmt.Errorf("demo plan: %w", err)
+	}
 	state := "reused"
 	if res.Created {
 		state = "created"

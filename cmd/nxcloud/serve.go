@@ -9,6 +9,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -47,6 +48,9 @@ func cmdServe(ctx context.Context, args []string, getenv func(string) string, st
 type platformOptions struct {
 	onCommit func(time.Time, []ingest.Item)
 	onStored func(context.Context, pgx.Tx, []ingest.Usage) error
+	// meteringOff, when set and true, skips the metering hook (nxcloud
+	// bench-metering alternates it to measure its cost).
+	meteringOff *atomic.Bool
 }
 
 // platform is one running nxcloud: pools, Redis, ingest, broker, HTTP API.
@@ -154,7 +158,7 @@ func startPlatform(ctx context.Context, cfg config, log *slog.Logger, opt platfo
 	p.meter = metering.New(metering.Config{Logger: log.With("app", "metering")}, p.sys, p.app, p.rdb)
 	onStored := opt.onStored
 	if cfg.Metering {
-		onStored = meteringHook(p.meter, opt.onStored)
+		onStored = meteringHook(p.meter, opt.onStored, opt.meteringOff)
 	}
 	p.pipe, err = ingest.New(ingest.Config{
 		BatchPoints: cfg.IngestBatch, FlushInterval: cfg.IngestFlush, Writers: cfg.IngestWriters,
