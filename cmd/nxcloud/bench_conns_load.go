@@ -203,7 +203,7 @@ type floodStats struct{ acked, failed, sent0 atomic.Int64 }
 // startFlood connects the flooders over raw MQTT 3.1.1 (pre-encoded
 // packets, so that the load generator costs little next to the broker): the
 // first half publish 5-metric QoS 1 messages as fast as the broker
-// acknowledges them (16 in flight), the other half QoS 0 at rate messages
+// acknowledges them (256 in flight), the other half QoS 0 at rate messages
 // per second — both far over a device's publish rate.
 func startFlood(ctx context.Context, addr, slug string, keys []string, secret string, metrics []benchMetric, rate float64) (*sync.WaitGroup, *floodStats, error) {
 	st := &floodStats{}
@@ -251,9 +251,9 @@ func startFlood(ctx context.Context, addr, slug string, keys []string, secret st
 	return &wg, st, nil
 }
 
-// floodQoS1 publishes on c with up to 16 unacknowledged QoS 1 messages.
+// floodQoS1 publishes on c with up to 256 unacknowledged QoS 1 messages.
 func floodQoS1(ctx context.Context, c net.Conn, topic string, payload []byte, st *floodStats) {
-	window := make(chan struct{}, 16)
+	window := make(chan struct{}, 256)
 	go func() { // PUBACKs: 4 bytes each
 		var ack [4]byte
 		for {
