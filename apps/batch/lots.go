@@ -330,6 +330,11 @@ func (s *Service) UpdateLot(ctx context.Context, ref string, p LotPatch) (Lot, e
 			return err
 		}
 		if p.Quantity != nil {
+			// Under the genealogy lock: a link or shipment cannot slip in
+			// between the check and the update.
+			if _, err := tx.Exec(ctx, linkLock); err != nil {
+				return err
+			}
 			used, err := usedQuantity(ctx, tx, r.ID)
 			if err != nil {
 				return err

@@ -281,6 +281,19 @@ func (s *Service) Record(ctx context.Context, in DowngradeInput) (Downgrade, err
 		if qty <= 0 {
 			return apps.FieldError("quantity", "lot %s has no quantity: give quantity", lot.code)
 		}
+		// Downgrades of one lot never add up to more than the lot: they are
+		// recorded one at a time per lot (row lock).
+		if _, err := tx.Exec(ctx, `SELECT 1 FROM lots WHERE tenant_id = nx_require_tenant() AND id = $1 FOR UPDATE`, lot.id); err != nil {
+			return err
+		}
+		var done float64
+		if err := tx.QueryRow(ctx, `SELECT coalesce(sum(quantity), 0)::float8 FROM downgrades
+			WHERE tenant_id = nx_require_tenant() AND lot_id = $1 AND status IN ('recorded', 'approved')`, lot.id).Scan(&done); err != nil {
+			return err
+		}
+		if done+qty > lot.quantity*(1+1e-9) {
+			return apps.FieldError("quantity", "lot %s has %g %s of which %g are already downgraded; %g more exceeds it", lot.code, lot.quantity, lot.unit, done, qty)
+		}
 		value, currency, err := valueLost(ctx, tx, in.IntendedGrade, in.AssignedGrade, in.Disposition, qty)
 		if err != nil {
 			return err

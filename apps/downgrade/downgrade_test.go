@@ -228,6 +228,9 @@ func TestRecordAndAnalytics(t *testing.T) {
 			t.Fatalf("record %s: %v", in.Lot, err)
 		}
 	}
+	// J1 has 100 kg of which 40 are downgraded: 61 more is too much.
+	_, err = rec(downgrade.DowngradeInput{Lot: "J1", ReasonCode: "CRACK", Disposition: "scrap", Quantity: q(61)})
+	wantCode(t, "over-downgrade", err, apps.Invalid, "quantity")
 	rw, err := rec(downgrade.DowngradeInput{Lot: "F2", ReasonCode: "CHIPPING", Disposition: "rework", Quantity: q(5)})
 	if err != nil || rw.ValueLost == nil || *rw.ValueLost != 150 || rw.Status != "recorded" {
 		t.Errorf("rework = %+v, %v", rw, err)
