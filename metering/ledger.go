@@ -259,9 +259,22 @@ func (a *apiRecorder) run(ctx context.Context) {
 			}
 		}
 		batch = append(batch[:0], r)
-		timer.Reset(a.wait)
+		// Group commit: take what queued while the previous commit ran; with
+		// a wait configured, also what arrives within it.
+		if a.wait > 0 {
+			timer.Reset(a.wait)
+		}
 	fill:
 		for len(batch) < a.size {
+			if a.wait <= 0 {
+				select {
+				case r := <-a.ch:
+					batch = append(batch, r)
+					continue
+				default:
+					break fill
+				}
+			}
 			select {
 			case r := <-a.ch:
 				batch = append(batch, r)

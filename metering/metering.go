@@ -72,8 +72,9 @@ func validMeter(m string) bool {
 
 // Config configures metering.
 type Config struct {
-	// APIBatchWait bounds how long an answered request waits for its usage
-	// row to be committed with others (group commit).
+	// APIBatchWait is how long the group commit waits for more answered
+	// requests before it commits (0, the default: it commits at once what
+	// queued while the previous commit ran).
 	APIBatchWait time.Duration
 	// APIBatchSize is the most rows one group commit writes.
 	APIBatchSize int
@@ -90,9 +91,6 @@ type Config struct {
 }
 
 func (c *Config) defaults() {
-	if c.APIBatchWait <= 0 {
-		c.APIBatchWait = 2 * time.Millisecond
-	}
 	if c.APIBatchSize <= 0 {
 		c.APIBatchSize = 256
 	}
