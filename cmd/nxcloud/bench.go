@@ -111,7 +111,16 @@ func cmdBench(ctx context.Context, args []string, getenv func(string) string, st
 	if bc.Metrics < 1 || bc.Devices < 1 || bc.Rate <= 0 || (bc.QoS != 0 && bc.QoS != 1) {
 		return fmt.Errorf("bench: need devices ≥ 1, rate > 0, metrics ≥ 1 and qos 0 or 1")
 	}
+	// The in-process platform gets a spool and a session store of its own:
+	// another nxcloud (make run) may hold the defaults.
+	tmp, err := os.MkdirTemp("", "nxcloud-bench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(tmp)
+	cfg.MQTTSessionStore = tmp + "/mqtt-sessions.db"
 	if bc.Modes == "" {
+		cfg.IngestSpoolDir = tmp + "/spool"
 		_, err := runBench(ctx, cfg, bc, args, *cpuProfile, stdout, stderr)
 		return err
 	}
