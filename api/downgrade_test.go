@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"github.com/nxcloud/nxcloud/apps"
+	"github.com/nxcloud/nxcloud/apps/batch"
 	"github.com/nxcloud/nxcloud/apps/downgrade"
 	"github.com/nxcloud/nxcloud/apps/quality"
 )
@@ -40,6 +41,12 @@ func TestDowngradeAPI(t *testing.T) {
 	got := decode[downgrade.Downgrade](t, "approve", s.do(t, "POST", "/api/v1/downgrades/"+id+"/approve", engineer, `{"note":"sell as N50"}`), 200)
 	if got.Status != "approved" || got.DecisionNote != "sell as N50" {
 		t.Errorf("approved = %+v", got)
+	}
+	// The lot's trace carries its inspections and downgrades (api.NewApps
+	// wires the apps' details into the batch app).
+	tr := decode[batch.Trace](t, "trace", s.do(t, "GET", "/api/v1/lots/N52-LOT/trace", credA, ""), 200)
+	if len(tr.Nodes) != 1 || tr.Nodes[0].Details["inspections"] == nil || tr.Nodes[0].Details["downgrades"] == nil {
+		t.Errorf("trace details = %+v", tr.Nodes)
 	}
 	wantProblem(t, "approve twice", s.do(t, "POST", "/api/v1/downgrades/"+id+"/reject", engineer, `{"note":""}`), 409, apps.Conflict, "")
 
