@@ -205,6 +205,10 @@ func cmdChaosMetering(ctx context.Context, args []string, getenv func(string) st
 	if metered, rejected, err = meter.TelemetryTotals(ctx, tn.ID); err != nil {
 		return err
 	}
+	var dead int64
+	if err := pool.QueryRow(ctx, `SELECT count(*) FROM dead_letters WHERE tenant_id = $1`, tn.ID).Scan(&dead); err != nil {
+		return err
+	}
 	keys := map[string]bool{}
 	dbRows, err := pool.Query(ctx, `SELECT idem_key FROM usage_events WHERE tenant_id = $1 AND meter = 'api.calls' AND subject = 'tenant:read'`, tn.ID)
 	if err != nil {
@@ -229,12 +233,16 @@ func cmdChaosMetering(ctx context.Context, args []string, getenv func(string) st
 		return true
 	})
 	extra := len(keys)
-	say("telemetry: %d messages acknowledged, %d rows stored, %d points metered (%d rejected)", published.Load(), rows, metered, rejected)
+	say("telemetry: %d messages acknowledged, %d rows stored, %d points metered; %d dead letters stored, %d rejected parts metered",
+		published.Load(), rows, metered, dead, rejected)
 	say("API: %d requests answered (%d retries), %d metered; %d answered but not metered, %d metered but not answered",
 		nAnswered, retries.Load(), nAnswered-missing+extra, missing, extra)
 	var errs []error
 	if rows != metered {
 		errs = append(errs, fmt.Errorf("points metered %d ≠ rows stored %d", metered, rows))
+	}
+	if rejected != dead {
+		errs = append(errs, fmt.Errorf("rejected parts metered %d ≠ dead letters stored %d", rejected, dead))
 	}
 	if rows == 0 {
 		errs = append(errs, errors.New("no telemetry was stored: the check proved nothing"))
@@ -270,6 +278,9 @@ func chaosPublish(ctx context.Context, broker, slug, key, secret string, n int64
 		ts := start + i*50 // unique per device
 		payload := fmt.Sprintf(`{"ts":%d,"metrics":{"d50_um":%s,"power_kw":%s}}`, ts,
 			strconv.FormatFloat(4+float64(i%10)/10, 'f', 2, 64), strconv.FormatFloat(20+float64(i%7), 'f', 1, 64))
+		if i%25 == 24 { // a part ingest rejects (unknown metric): dead-lettered, metered as rejected
+			payload = fmt.Sprintf(`{"ts":%d,"metrics":{"d50_um":4.1,"no_such_metric":1}}`, ts)
+		}
 		tok := c.Publish(topic, 1, false, payload)
 		if tok.WaitTimeout(5*time.Second) && tok.Error() == nil {
 			acked.Add(1)
