@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 
 	"github.com/nxcloud/nxcloud/apps"
@@ -366,7 +367,8 @@ func TestExportsEscape(t *testing.T) {
 	if _, err := svc.CreateLink(ctx, batch.LinkInput{Parent: "EXP-1", Child: "EXP-2", Kind: "consume", Quantity: 5}); err != nil {
 		t.Fatal(err)
 	}
-	tr, err := svc.Trace(ctx, batch.TraceQuery{Lot: "EXP-2"})
+	svc.AddDetail("notes", noteSource{})
+	tr, err := svc.Trace(ctx, batch.TraceQuery{Lot: "EXP-2", Details: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -374,7 +376,8 @@ func TestExportsEscape(t *testing.T) {
 	if err := batch.WriteHTML(&h, tr); err != nil {
 		t.Fatal(err)
 	}
-	if strings.Contains(h.String(), "<script>") || !strings.Contains(h.String(), "&lt;script&gt;") {
+	if strings.Contains(h.String(), "<script>") || !strings.Contains(h.String(), "&lt;script&gt;") ||
+		strings.Contains(h.String(), "<img") || !strings.Contains(h.String(), "notes") {
 		t.Errorf("HTML report does not escape: %s", h.String())
 	}
 	if err := batch.WriteCSV(&c, tr); err != nil {
@@ -384,4 +387,16 @@ func TestExportsEscape(t *testing.T) {
 	if len(lines) != 3 || !strings.HasPrefix(lines[1], "0,EXP-2,") || !strings.Contains(lines[2], `'=HYPERLINK`) {
 		t.Errorf("CSV = %s", c.String())
 	}
+}
+
+// noteSource is a detail source whose records carry markup, for the export
+// escaping test.
+type noteSource struct{}
+
+func (noteSource) LotDetails(ctx context.Context, q tenants.Querier, ids []uuid.UUID) (map[uuid.UUID]any, error) {
+	out := map[uuid.UUID]any{}
+	for _, id := range ids {
+		out[id] = map[string]string{"note": "<img src=x onerror=alert(1)>"}
+	}
+	return out, nil
 }

@@ -2,6 +2,7 @@ package batch
 
 import (
 	"encoding/csv"
+	"encoding/json"
 	"html/template"
 	"io"
 	"strconv"
@@ -74,6 +75,13 @@ var reportTmpl = template.Must(template.New("trace").Funcs(template.FuncMap{
 	"time": func(t *time.Time) string { return timeText(t) },
 	"ts":   func(t time.Time) string { return t.UTC().Format(time.RFC3339) },
 	"num":  func(v float64) string { return strconv.FormatFloat(v, 'g', 6, 64) },
+	"json": func(v any) string {
+		b, err := json.Marshal(v)
+		if err != nil {
+			return "?"
+		}
+		return string(b)
+	},
 }).Parse(`<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <title>Trace {{.Direction}} of lot {{.Root}}</title>
@@ -98,6 +106,10 @@ th{background:#eee}
 <h2>Equipment runs and telemetry</h2>
 <table><thead><tr><th>Lot</th><th>Equipment</th><th>Window</th><th>Telemetry (min / avg / max)</th></tr></thead><tbody>
 {{range $n := .Nodes}}{{range .Runs}}<tr><td>{{$n.Code}}</td><td>{{.Device}} ({{.Model}})</td><td>{{ts .StartedAt}} – {{time .EndedAt}}</td><td class="small">{{range .Telemetry}}{{.Metric}}: {{num .Min}} / {{num .Avg}} / {{num .Max}} {{.Unit}}<br>{{end}}</td></tr>
+{{end}}{{end}}</tbody></table>
+<h2>Inspections, recipe deviations and downgrades</h2>
+<table><thead><tr><th>Lot</th><th>Record</th><th>Details</th></tr></thead><tbody>
+{{range $n := .Nodes}}{{range $k, $v := .Details}}<tr><td>{{$n.Code}}</td><td>{{$k}}</td><td class="small">{{json $v}}</td></tr>
 {{end}}{{end}}</tbody></table>
 {{if .Shipments}}<h2>Shipments</h2>
 <table><thead><tr><th>Shipment</th><th>Customer</th><th>Shipped</th><th>Lots</th></tr></thead><tbody>
