@@ -171,6 +171,12 @@ func TestPlansSubscriptionsInvoices(t *testing.T) {
 	if !found {
 		t.Error("the operator does not see A's invoice")
 	}
+	opUsage := decode[metering.UsageReport](t, "operator usage", s.do(t, "GET", "/api/v1/operator/enterprises/"+a.Slug+"/usage?group=subject&meter=api.calls", opAuth, ""), 200)
+	if len(opUsage.Items) == 0 {
+		t.Error("the operator sees no API calls of A")
+	}
+	wantProblem(t, "operator usage of nobody", s.do(t, "GET", "/api/v1/operator/enterprises/"+uuid.NewString()+"/usage", opAuth, ""), 404, apps.NotFound, "")
+	wantProblem(t, "tenant reads the operator usage", s.do(t, "GET", "/api/v1/operator/enterprises/"+a.Slug+"/usage", ownerAuth, ""), 403, apps.Forbidden, "")
 	if r := s.do(t, "GET", "/api/v1/operator/invoices/"+inv.ID.String()+"/csv", opAuth, ""); r.status != 200 {
 		t.Errorf("operator CSV = %v", r)
 	}

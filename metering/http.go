@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"net/http"
 	"slices"
+	"time"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
@@ -45,6 +46,7 @@ func (h *Handler) RegisterOperator(g *echo.Group, r *tenants.Routes) {
 	r.Add(g, http.MethodPost, "/plans", tenants.PermOperate, h.createPlan)
 	r.Add(g, http.MethodPost, "/enterprises/:tenant/subscriptions", tenants.PermOperate, h.operatorSubscribe)
 	r.Add(g, http.MethodPost, "/enterprises/:tenant/invoices/close", tenants.PermOperate, h.closeInvoice)
+	r.Add(g, http.MethodGet, "/enterprises/:tenant/usage", tenants.PermOperate, h.operatorUsage)
 	r.Add(g, http.MethodGet, "/invoices", tenants.PermOperate, h.allInvoices)
 	r.Add(g, http.MethodGet, "/invoices/:invoice/csv", tenants.PermOperate, h.operatorInvoiceCSV)
 }
@@ -69,6 +71,39 @@ func (h *Handler) inTx(c echo.Context, fn func(tx pgx.Tx, tenant uuid.UUID) erro
 type list[T any] struct {
 	TenantID *uuid.UUID `json:"tenant_id,omitempty"`
 	Items    []T        `json:"items"`
+}
+
+// usageQuery reads the usage report's query parameters.
+func (h *Handler) usageQuery(c echo.Context) (from, to time.Time, group, meter string, err error) {
+	now := h.svc.now().UTC()
+	if from, err = apps.TimeParam(c, "from", monthStart(now)); err != nil {
+		return
+	}
+	if to, err = apps.TimeParam(c, "to", from.AddDate(0, 1, 0)); err != nil {
+		return
+	}
+	return from, to, c.QueryParam("group"), c.QueryParam("meter"), nil
+}
+
+// operatorUsage is an enterprise's usage for the operator (billing support:
+// quantities only, no business records).
+func (h *Handler) operatorUsage(c echo.Context) error {
+	t, err := h.resolve(c)
+	if err != nil {
+		return err
+	}
+	from, to, group, meter, err := h.usageQuery(c)
+	if err != nil {
+		return err
+	}
+	rep, err := h.svc.Usage(c.Request().Context(), h.svc.sys, t, from, to, group, meter)
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, struct {
+		TenantID uuid.UUID `json:"tenant_id"`
+		UsageReport
+	}{t, rep})
 }
 
 func (h *Handler) usage(c echo.Context) error {
