@@ -186,6 +186,7 @@ func TestPlansSubscriptionsInvoices(t *testing.T) {
 		`{"period":"2026-13"}`), 400, apps.Invalid, "period")
 	wantProblem(t, "bad group", s.do(t, "GET", "/api/v1/usage?group=week", ownerAuth, ""), 400, apps.Invalid, "group")
 	wantProblem(t, "bad meter", s.do(t, "GET", "/api/v1/usage?meter=%00", ownerAuth, ""), 400, apps.Invalid, "meter")
+	wantProblem(t, "beyond year 9999", s.do(t, "GET", "/api/v1/usage?from=9999-12-15T00:00:00Z", ownerAuth, ""), 400, apps.Invalid, "to")
 	wantProblem(t, "bad range", s.do(t, "GET", "/api/v1/usage?from=2026-01-02T00:00:00Z&to=2026-01-01T00:00:00Z", ownerAuth, ""), 400, apps.Invalid, "to")
 	q := decode[struct{ Items []metering.QuotaState }](t, "quotas", s.do(t, "GET", "/api/v1/usage/quotas", ownerAuth, ""), 200)
 	if len(q.Items) != 0 {

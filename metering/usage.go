@@ -141,6 +141,9 @@ func (s *Service) Usage(ctx context.Context, q tenants.Querier, tenant uuid.UUID
 	if meter != "" && !validMeter(meter) {
 		return UsageReport{}, apps.FieldError("meter", "unknown meter (want one of %s)", strings.Join(Meters, ", "))
 	}
+	if to.Year() > 9999 || from.Year() < 1 {
+		return UsageReport{}, apps.FieldError("to", "from and to must lie between years 0001 and 9999")
+	}
 	if !to.After(from) || to.Sub(from) > 400*24*time.Hour {
 		return UsageReport{}, apps.FieldError("to", "to must be after from, at most 400 days later")
 	}
