@@ -80,6 +80,9 @@ func TestInvoices(t *testing.T) {
 		}
 	}
 
+	if _, err := s.Close(ctx, tn.ID, m1); apps.Code(err) != apps.Invalid {
+		t.Errorf("closing %s before %s: %v, want invalid", periodName(m1), periodName(m2), err)
+	}
 	inv2, err := s.Close(ctx, tn.ID, m2)
 	if err != nil {
 		t.Fatal(err)

@@ -50,6 +50,20 @@ func (s *Service) Close(ctx context.Context, tenant uuid.UUID, period time.Time)
 		if !ok {
 			return apps.Errorf(apps.NotFound, "no plan for %s: the enterprise has not subscribed", periodName(period))
 		}
+		// Months close in order: an earlier month with a plan and no final
+		// invoice would otherwise see its usage billed here.
+		var open *time.Time
+		if err := tx.QueryRow(ctx, `
+			SELECT min(m) FROM generate_series(
+				(SELECT min(effective_from) FROM billing_subscriptions WHERE tenant_id = $1)::timestamp,
+				$2::date - interval '1 month', interval '1 month') AS m
+			WHERE NOT EXISTS (SELECT 1 FROM invoices WHERE tenant_id = $1 AND period = m::date AND status = 'final')`,
+			tenant, period).Scan(&open); err != nil {
+			return err
+		}
+		if open != nil {
+			return apps.FieldError("period", "close %s first: months are closed in order", periodName(*open))
+		}
 		id := cur.ID
 		if id == uuid.Nil {
 			id = uuid.New()
@@ -193,7 +207,7 @@ func (s *Service) Snapshot(ctx context.Context, day time.Time, retention time.Du
 		INSERT INTO usage_events (tenant_id, meter, subject, quantity, occurred_at, idem_key)
 		SELECT u.tenant_id, 'devices.active', '', count(DISTINCT u.device_id), $1, 'devices.active:' || $2
 		FROM `+telemetryFlat+` u JOIN tenants t ON t.id = u.tenant_id
-		WHERE u.hour >= $1 AND u.hour < $1 + interval '1 day' AND u.stored > 0
+		WHERE u.hour >= $1 AND u.hour < $1 + interval '24 hours' AND u.stored > 0
 		GROUP BY u.tenant_id
 		ON CONFLICT (tenant_id, meter, idem_key) DO NOTHING`, day, name); err != nil {
 		return fmt.Errorf("active devices snapshot: %w", err)
@@ -213,7 +227,7 @@ func (s *Service) Snapshot(ctx context.Context, day time.Time, retention time.Du
 	_, err := s.sys.Exec(ctx, `
 		WITH pts AS (
 			SELECT u.tenant_id, sum(u.stored) AS n FROM `+telemetryFlat+` u JOIN tenants t ON t.id = u.tenant_id
-			WHERE u.hour >= $1::timestamptz - $4::interval AND u.hour < $1::timestamptz + interval '1 day' GROUP BY u.tenant_id
+			WHERE u.hour >= $1::timestamptz - $4::interval AND u.hour < $1::timestamptz + interval '24 hours' GROUP BY u.tenant_id
 		), tot AS (SELECT sum(n) AS n FROM pts)
 		INSERT INTO usage_events (tenant_id, meter, subject, quantity, occurred_at, idem_key)
 		SELECT p.tenant_id, 'storage.bytes', 'telemetry',

@@ -65,7 +65,7 @@ func (s *Service) RecordTelemetry(ctx context.Context, tx pgx.Tx, usage []Teleme
 		a.ev[i] += u.Events
 	}
 	const insert = `INSERT INTO usage_telemetry_batches (tenant_id, hour, devices, stored, rejected, events)
-		VALUES ($1, date_trunc('hour', now()), $2, $3, $4, $5)`
+		VALUES ($1, date_trunc('hour', now(), 'UTC'), $2, $3, $4, $5)`
 	switch len(order) {
 	case 0:
 		return nil
