@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"path/filepath"
 	"runtime"
 	"slices"
 	"strconv"
@@ -61,7 +62,7 @@ func cmdBenchConns(ctx context.Context, args []string, getenv func(string) strin
 	var bc connsConfig
 	cfg, err := parseCommand("bench conns", args, getenv, stderr, func(fs *flag.FlagSet) {
 		fs.IntVar(&bc.Devices, "devices", 100, "well-behaved devices whose latency is measured")
-		fs.Float64Var(&bc.Rate, "rate", 10, "messages per second per well-behaved device (5 metrics, QoS 1)")
+		fs.Float64Var(&bc.Rate, "rate", 2, "messages per second per well-behaved device (5 metrics, QoS 1)")
 		fs.IntVar(&bc.Idle, "idle", 10000, "idle connections held (one device each)")
 		fs.IntVar(&bc.Sources, "sources", 100, "loopback source addresses the idle connections come from")
 		fs.IntVar(&bc.FloodConns, "flood-conns", 10, "over-limit publishers: half QoS 1 as fast as acknowledged, half QoS 0 at --flood-rate")
@@ -80,11 +81,14 @@ func cmdBenchConns(ctx context.Context, args []string, getenv func(string) strin
 		return fmt.Errorf("bench conns: need devices ≥ 1, rate > 0, idle ≥ 0, 1-200 sources, cycles ≥ 1 and storm-rate > 0")
 	}
 	raiseFileLimit(2*(bc.Idle+bc.Devices+bc.FloodConns+bc.Slow) + 4096)
-	// A spool of its own: another nxcloud on this machine may use the default.
-	if cfg.IngestSpoolDir, err = os.MkdirTemp("", "nxcloud-bench-conns-spool-"); err != nil {
+	// A spool and a session store of its own: another nxcloud on this
+	// machine may use the defaults.
+	tmp, err := os.MkdirTemp("", "nxcloud-bench-conns-")
+	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(cfg.IngestSpoolDir)
+	defer os.RemoveAll(tmp)
+	cfg.IngestSpoolDir, cfg.MQTTSessionStore = filepath.Join(tmp, "spool"), filepath.Join(tmp, "mqtt-sessions.db")
 	cfg.HTTPAddr, cfg.MQTTAddr, cfg.MQTTWSAddr = "127.0.0.1:0", "127.0.0.1:0", ""
 	if cfg.LogLevel == "info" {
 		cfg.LogLevel = "warn"

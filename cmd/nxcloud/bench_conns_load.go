@@ -90,6 +90,13 @@ func openIdle(ctx context.Context, addr, slug string, keys []string, secret stri
 			defer func() { <-sem; wg.Done() }()
 			t0 := time.Now()
 			c, code, err := rawConnect(addr, net.IPv4(127, 0, 0, byte(1+i%sources)), k+"@"+slug, secret, 120)
+			// 2 (identifier rejected): the broker has not yet forgotten
+			// this client id's previous connection; try again shortly.
+			for try := 0; try < 20 && err == nil && code == 2; try++ {
+				c.Close()
+				sleepCtx(ctx, 250*time.Millisecond)
+				c, code, err = rawConnect(addr, net.IPv4(127, 0, 0, byte(1+i%sources)), k+"@"+slug, secret, 120)
+			}
 			if err == nil && code != 0 {
 				c.Close()
 				err = fmt.Errorf("CONNACK code %d", code)
