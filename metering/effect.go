@@ -17,6 +17,10 @@ const (
 	// approved) over the quantity of finished lots, in the month: the rate
 	// the downgrade app shows the firm.
 	KPIDowngradeRate = "downgrade_rate"
+	// KPIDefectRate is the share of the lots inspected in the month (quality
+	// app's inspection results) that have a nonconformance: defect ppm / 10^6
+	// at lot level, as the quality app shows it.
+	KPIDefectRate = "defect_rate"
 	// KPIRejectRatio is telemetry points rejected over points received
 	// (stored + rejected), from the ledger the usage API shows.
 	KPIRejectRatio = "telemetry_reject_ratio"
@@ -79,6 +83,31 @@ func (r downgradeRate) KPI(ctx context.Context, q tenants.Querier, tenant uuid.U
 			(SELECT coalesce(sum(quantity), 0) FROM lots
 			 WHERE tenant_id = $1 AND kind = 'finished' AND ended_at >= $2 AND ended_at < $3)::text`,
 		tenant, from, to).Scan(&num, &den)
+	if err != nil {
+		return nil, err
+	}
+	return ratio(num, den), nil
+}
+
+type defectRate struct{ s *Service }
+
+func (r defectRate) KPI(ctx context.Context, q tenants.Querier, tenant uuid.UUID, from, to time.Time) (*big.Rat, error) {
+	var exists bool
+	if err := q.QueryRow(ctx, `SELECT to_regclass('inspection_results') IS NOT NULL AND to_regclass('nonconformances') IS NOT NULL`).Scan(&exists); err != nil {
+		return nil, err
+	}
+	if !exists {
+		return nil, nil // the quality app's tables are not migrated: no data
+	}
+	var num, den string
+	err := q.QueryRow(ctx, `
+		WITH inspected AS (
+			SELECT DISTINCT lot_id FROM inspection_results
+			WHERE tenant_id = $1 AND measured_at >= $2 AND measured_at < $3
+		)
+		SELECT (SELECT count(*) FROM inspected i
+		        WHERE EXISTS (SELECT 1 FROM nonconformances n WHERE n.tenant_id = $1 AND n.lot_id = i.lot_id))::text,
+		       (SELECT count(*) FROM inspected)::text`, tenant, from, to).Scan(&num, &den)
 	if err != nil {
 		return nil, err
 	}

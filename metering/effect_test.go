@@ -66,3 +66,40 @@ func TestDowngradeRateKPI(t *testing.T) {
 		t.Errorf("effect fee = %d, want 36000", fee)
 	}
 }
+
+// The defect rate: lots inspected in the month with a nonconformance over
+// lots inspected.
+func TestDefectRateKPI(t *testing.T) {
+	t.Parallel()
+	env := tenanttest.New(t)
+	s := newService(t, env)
+	tn := env.NewTenant(t)
+	ctx := context.Background()
+	month := monthStart(time.Now())
+	for i := 0; i < 4; i++ {
+		var lot string
+		if err := env.DB.System.QueryRow(ctx, `INSERT INTO lots (tenant_id, code, kind, quantity) VALUES ($1, $2, 'finished', 10) RETURNING id`,
+			tn.ID, "Q-"+string(rune('A'+i))).Scan(&lot); err != nil {
+			t.Fatal(err)
+		}
+		for sample := 1; sample <= 3; sample++ {
+			if _, err := env.DB.System.Exec(ctx, `INSERT INTO inspection_results (tenant_id, lot_id, characteristic, value, sample, subgroup, measured_at, source)
+				VALUES ($1, $2, 'br', 1.4, $3, 1, $4, 'api')`, tn.ID, lot, sample, month.Add(time.Hour)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if i == 0 {
+			if _, err := env.DB.System.Exec(ctx, `INSERT INTO nonconformances (tenant_id, lot_id, characteristic, origin) VALUES ($1, $2, 'br', 'manual')`, tn.ID, lot); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	var got *big.Rat
+	err := tenants.InTx(tn.Ctx(), env.DB.App, func(tx pgx.Tx) (err error) {
+		got, err = s.KPI(tn.Ctx(), tx, tn.ID, KPIDefectRate, month, month.AddDate(0, 1, 0))
+		return err
+	})
+	if err != nil || got == nil || got.Cmp(big.NewRat(1, 4)) != 0 {
+		t.Errorf("defect rate = %v, %v, want 1/4", got, err)
+	}
+}

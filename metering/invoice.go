@@ -44,7 +44,11 @@ type Line struct {
 	SubjectPrefix string `json:"subject_prefix,omitempty"`
 	Quantity      int64  `json:"quantity"`
 	UnitPrice     string `json:"unit_price,omitempty"`
-	AmountCents   int64  `json:"amount_cents"`
+	// KPIValue is, on an effect line, the month's KPI as an exact ratio
+	// ("41/500"), as computed when the line was priced ("" without data): a
+	// final invoice keeps it, whatever the firm's records say later.
+	KPIValue    string `json:"kpi_value,omitempty"`
+	AmountCents int64  `json:"amount_cents"`
 }
 
 // Invoice is a tenant's bill for one month: a draft while the month runs
@@ -78,7 +82,7 @@ func ParsePeriod(s string) (time.Time, error) {
 // bills (its month's usage and, earlier, late usage); prior returns, for an
 // earlier month, the cells already billed for it.
 func (s *Service) compute(ctx context.Context, q tenants.Querier, tenant uuid.UUID, period time.Time, cur []cell,
-	prior func(month time.Time) ([]cell, error)) (Plan, []Line, error) {
+	prior func(month time.Time) ([]cell, error), kpi *kpiValue) (Plan, []Line, error) {
 	plan, baseline, first, ok, err := s.planFor(ctx, q, tenant, period)
 	if err != nil {
 		return plan, nil, err
@@ -112,7 +116,7 @@ func (s *Service) compute(ctx context.Context, q tenants.Querier, tenant uuid.UU
 			SubjectPrefix: p.SubjectPrefix, Quantity: qty, UnitPrice: p.UnitPrice(), AmountCents: p.Rate(qty)})
 	}
 	if e := d.Effect; e != nil {
-		l, err := s.effectLine(ctx, q, tenant, period, *e, baseline)
+		l, err := s.effectLine(ctx, q, tenant, period, *e, baseline, kpi)
 		if err != nil {
 			return plan, nil, err
 		}
@@ -163,11 +167,22 @@ func priceDescription(p Price) string {
 	return p.Meter
 }
 
-func (s *Service) effectLine(ctx context.Context, q tenants.Querier, tenant uuid.UUID, period time.Time, e Effect, baseline *big.Rat) (Line, error) {
+// kpiValue is a KPI value fixed at close: set means use it (nil: no data).
+type kpiValue struct{ v *big.Rat }
+
+func (s *Service) effectLine(ctx context.Context, q tenants.Querier, tenant uuid.UUID, period time.Time, e Effect, baseline *big.Rat, fixed *kpiValue) (Line, error) {
 	l := Line{Kind: LineEffect, Code: e.KPI, Period: periodName(period), Quantity: 1}
-	actual, err := s.KPI(ctx, q, tenant, e.KPI, period, period.AddDate(0, 1, 0))
-	if err != nil {
-		return l, err
+	var actual *big.Rat
+	if fixed != nil {
+		actual = fixed.v
+	} else {
+		var err error
+		if actual, err = s.KPI(ctx, q, tenant, e.KPI, period, period.AddDate(0, 1, 0)); err != nil {
+			return l, err
+		}
+	}
+	if actual != nil {
+		l.KPIValue = actual.RatString()
 	}
 	l.AmountCents = e.EffectFee(baseline, actual)
 	ratio := func(r *big.Rat) string {
@@ -236,7 +251,7 @@ func (s *Service) Draft(ctx context.Context, q tenants.Querier, tenant uuid.UUID
 	now := s.now().UTC()
 	plan, lines, err := s.compute(ctx, q, tenant, period, cur, func(m time.Time) ([]cell, error) {
 		return s.cells(ctx, q, tenant, selPrior, m, m.AddDate(0, 1, 0), now.Add(time.Hour))
-	})
+	}, nil)
 	if err != nil {
 		return Invoice{}, err
 	}
@@ -256,9 +271,10 @@ func (s *Service) Draft(ctx context.Context, q tenants.Querier, tenant uuid.UUID
 	return inv, err
 }
 
-// Recompute prices a final invoice again from the ledger rows it billed, and
-// returns the lines it should have: equal to the stored ones, to the cent,
-// unless the ledger was tampered with. Errors: not_found, invalid (a draft).
+// Recompute prices a final invoice again from the ledger rows it billed (and
+// the effect line from the KPI value recorded at close), and returns the
+// lines it should have: equal to the stored ones, to the cent, unless the
+// ledger was tampered with. Errors: not_found, invalid (a draft).
 func (s *Service) Recompute(ctx context.Context, q tenants.Querier, tenant, id uuid.UUID) ([]Line, error) {
 	inv, err := s.storedInvoice(ctx, q, tenant, `id = $2`, id)
 	if err != nil {
@@ -272,9 +288,23 @@ func (s *Service) Recompute(ctx context.Context, q tenants.Querier, tenant, id u
 	if err != nil {
 		return nil, err
 	}
+	// The effect line is priced with the KPI value recorded at close.
+	var kpi *kpiValue
+	for _, l := range inv.Lines {
+		if l.Kind == LineEffect {
+			kpi = &kpiValue{}
+			if l.KPIValue != "" {
+				v, ok := new(big.Rat).SetString(l.KPIValue)
+				if !ok {
+					return nil, fmt.Errorf("invoice %s: stored KPI value %q", inv.ID, l.KPIValue)
+				}
+				kpi.v = v
+			}
+		}
+	}
 	_, lines, err := s.compute(ctx, q, tenant, period, cur, func(m time.Time) ([]cell, error) {
 		return s.cells(ctx, q, tenant, selPrior, m, m.AddDate(0, 1, 0), *inv.ClosedAt)
-	})
+	}, kpi)
 	return lines, err
 }
 

@@ -107,7 +107,12 @@ func TestInvoices(t *testing.T) {
 		t.Errorf("second close: %+v, %v", again, err)
 	}
 
-	// Late usage of the closed month.
+	// Late usage of the closed month: keyed uses, and a telemetry batch whose
+	// transaction began in that month and committed after the close.
+	if _, err := env.DB.System.Exec(ctx, `INSERT INTO usage_telemetry_batches (tenant_id, hour, devices, stored, rejected, events)
+		VALUES ($1, $2, $3, '{1500}', '{0}', '{0}')`, tn.ID, m2.Add(80*time.Hour), []uuid.UUID{dev.ID}); err != nil {
+		t.Fatal(err)
+	}
 	use(MeterAPICalls, "telemetry:read", "late-1", m2.Add(5*24*time.Hour))
 	use(MeterAppUses, "batch.trace", "late-2", m2.Add(5*24*time.Hour))
 	use(MeterAPICalls, "telemetry:read", "c0", m2.Add(24*time.Hour)) // a replay: nothing new
@@ -128,6 +133,10 @@ func TestInvoices(t *testing.T) {
 	adjAPI, adjApp := got["adjustment:api.calls::"+periodName(m2)], got["adjustment:app.uses:batch.:"+periodName(m2)]
 	if inv1.Status != "final" || adjAPI.Quantity != 1 || adjAPI.AmountCents != 1 || adjApp.Quantity != 1 || adjApp.AmountCents != 50 {
 		t.Errorf("next invoice %s (%s): adjustments %+v and %+v, want 1 call at 1 cent and 1 trace at 50 cents", inv1.Period, inv1.Status, adjAPI, adjApp)
+	}
+	// 5000 points billed 5 cents; 6500 now: 7 (6.5 rounds half up), +2.
+	if adj := got["adjustment:telemetry.points::"+periodName(m2)]; adj.Quantity != 1500 || adj.AmountCents != 2 {
+		t.Errorf("telemetry adjustment = %+v, want 1500 points at 2 cents", adj)
 	}
 	if _, ok := got["one_off:onboarding:"]; ok {
 		t.Error("the one-off fee is charged again")

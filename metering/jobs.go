@@ -95,7 +95,7 @@ func (s *Service) Close(ctx context.Context, tenant uuid.UUID, period time.Time)
 		}
 		plan, lines, err := s.compute(ctx, tx, tenant, period, cells, func(m time.Time) ([]cell, error) {
 			return s.cells(ctx, tx, tenant, selPrior, m, m.AddDate(0, 1, 0), closedAt)
-		})
+		}, nil)
 		if err != nil {
 			return err
 		}

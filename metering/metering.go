@@ -141,6 +141,7 @@ func New(cfg Config, sys, app *pgxpool.Pool, rdb redis.UniversalClient) *Service
 	s.kpis = map[string]KPIProvider{
 		KPIRejectRatio:   rejectRatio{s},
 		KPIDowngradeRate: downgradeRate{s},
+		KPIDefectRate:    defectRate{s},
 	}
 	s.api = newAPIRecorder(cfg.Logger, sys, cfg.APIBatchWait, cfg.APIBatchSize, s.met)
 	return s

@@ -169,8 +169,8 @@ func (d *Definition) Check() error {
 	}
 	if e := d.Effect; e != nil {
 		switch {
-		case e.KPI != KPIRejectRatio && e.KPI != KPIDowngradeRate:
-			return apps.FieldError("definition.effect.kpi", "want %s or %s", KPIDowngradeRate, KPIRejectRatio)
+		case e.KPI != KPIRejectRatio && e.KPI != KPIDowngradeRate && e.KPI != KPIDefectRate:
+			return apps.FieldError("definition.effect.kpi", "want %s, %s or %s", KPIDowngradeRate, KPIDefectRate, KPIRejectRatio)
 		case e.SharePct < 0 || e.SharePct > 100:
 			return apps.FieldError("definition.effect.share_pct", "a share between 0 and 100 %%")
 		case e.CentsPerPoint < 0 || e.CentsPerPoint > maxMoney:
