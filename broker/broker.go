@@ -71,6 +71,14 @@ type Presence interface {
 	Disconnected(id tenants.Identity)
 }
 
+// Admission enforces a tenant's hard MQTT quotas (metering): both return an
+// apps.Error with code quota_exceeded to refuse, and must be fast and never
+// block on an outage of what backs them.
+type Admission interface {
+	AdmitConnect(ctx context.Context, tenant uuid.UUID) error
+	AdmitPublish(ctx context.Context, tenant uuid.UUID, points int) error
+}
+
 // Config configures the broker. Zero values take the defaults noted.
 type Config struct {
 	TCPAddr string // e.g. ":1883"; "" disables; port 0 picks a free port (see TCPAddr)
@@ -98,7 +106,10 @@ type Config struct {
 	// QoS 1 commands queued for offline devices survive a restart. Empty keeps
 	// sessions in memory only.
 	SessionStore string
-	Logger       *slog.Logger // nil discards
+	// Admission, when set, refuses connections and publishes over a
+	// tenant's hard quota.
+	Admission Admission
+	Logger    *slog.Logger // nil discards
 }
 
 func (c *Config) setDefaults() {
@@ -144,6 +155,7 @@ type Stats struct {
 	ACLDenied        int64 // publishes, subscriptions and deliveries refused by the ACL
 	AuthRefused      int64 // CONNECTs refused
 	Revoked          int64 // clients cut off because their device was disabled or removed
+	QuotaRefused     int64 // connections and publishes refused over a tenant's hard quota
 }
 
 // Broker is the embedded MQTT broker.
@@ -375,6 +387,7 @@ func (b *Broker) Stats() Stats {
 		ACLDenied:        h.aclDenied.Load(),
 		AuthRefused:      h.authRefused.Load(),
 		Revoked:          h.revoked.Load(),
+		QuotaRefused:     h.quotaRefused.Load(),
 	}
 }
 

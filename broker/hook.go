@@ -47,7 +47,7 @@ type hook struct {
 
 	presenceMu sync.Mutex
 
-	received, rejected, dropped, aclDenied, authRefused, revoked atomic.Int64
+	received, rejected, dropped, aclDenied, authRefused, revoked, quotaRefused atomic.Int64
 }
 
 // ID implements mqtt.Hook.
@@ -100,6 +100,8 @@ func connackCode(version byte, c packets.Code) packets.Code {
 		return packets.ErrBadUsernameOrPassword // → 0x05 not authorized
 	case packets.ErrClientIdentifierNotValid, packets.ErrServerUnavailable:
 		return c // → 0x02, 0x03
+	case packets.ErrQuotaExceeded:
+		return packets.ErrServerUnavailable // 3.1.1 has no quota code: → 0x03
 	}
 	return packets.ErrServerUnavailable
 }
@@ -135,6 +137,16 @@ func (h *hook) authenticate(cl *mqtt.Client, pk packets.Packet) packets.Code {
 	// will on another device's cmd topic would be a forged command.
 	if pk.Connect.WillFlag && !mayPublish(slug, key, pk.Connect.WillTopic) {
 		return packets.ErrNotAuthorized
+	}
+	if adm := h.b.cfg.Admission; adm != nil {
+		actx, cancel := context.WithTimeout(h.b.stopCtx, h.b.cfg.ConnectTimeout)
+		err := adm.AdmitConnect(actx, id.TenantID)
+		cancel()
+		if apps.Code(err) == apps.QuotaExceeded {
+			h.quotaRefused.Add(1)
+			h.b.log.Info("broker: connection refused over quota", "username", username, "reason", err.Error())
+			return packets.ErrQuotaExceeded // MQTT 5: 0x97; 3.1.1: 3 server unavailable
+		}
 	}
 	return h.claim(cl, id)
 }
@@ -226,6 +238,20 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 			h.b.kick(cl, packets.ErrNotAuthorized)
 		}
 		return pk, packets.ErrRejectPacket
+	}
+	if adm := h.b.cfg.Admission; adm != nil && t.Kind == KindTelemetry {
+		if err := adm.AdmitPublish(h.b.sinkCtx, id.TenantID, 1); apps.Code(err) == apps.QuotaExceeded {
+			// Not accepted: no PUBACK; the client is told why (MQTT 5
+			// DISCONNECT 0x97) and refused again at CONNECT while over quota.
+			h.quotaRefused.Add(1)
+			h.rejected.Add(1)
+			if qos == 0 {
+				h.dropped.Add(1)
+				return pk, packets.ErrRejectPacket
+			}
+			h.b.kick(cl, packets.ErrQuotaExceeded)
+			return pk, packets.ErrRejectPacket
+		}
 	}
 	m := Message{Identity: id, Topic: t, Payload: pk.Payload, QoS: qos, Received: time.Now()}
 	if err := h.sink.Handle(h.b.sinkCtx, m); err != nil {

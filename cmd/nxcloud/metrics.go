@@ -20,5 +20,6 @@ func brokerCollectors(b *broker.Broker) []prometheus.Collector {
 		counter("nxcloud_mqtt_acl_denied_total", "Publishes, subscriptions and deliveries refused by the ACL.", func(s broker.Stats) int64 { return s.ACLDenied }),
 		counter("nxcloud_mqtt_auth_refused_total", "Refused MQTT connects.", func(s broker.Stats) int64 { return s.AuthRefused }),
 		counter("nxcloud_mqtt_clients_revoked_total", "Clients cut off because their device was disabled.", func(s broker.Stats) int64 { return s.Revoked }),
+		counter("nxcloud_mqtt_quota_refused_total", "Connections and publishes refused over a tenant's hard quota.", func(s broker.Stats) int64 { return s.QuotaRefused }),
 	}
 }

@@ -180,7 +180,7 @@ func startPlatform(ctx context.Context, cfg config, log *slog.Logger, opt platfo
 	p.broker, err = broker.New(broker.Config{
 		TCPAddr: cfg.MQTTAddr, WSAddr: cfg.MQTTWSAddr, MaxPacketSize: uint32(cfg.MaxPacket),
 		ConnectTimeout: cfg.MQTTConnectLimit, Limits: cfg.brokerLimits(),
-		SessionStore: cfg.MQTTSessionStore, Logger: log,
+		SessionStore: cfg.MQTTSessionStore, Admission: p.meter, Logger: log,
 	}, p.tenants, p.pipe, p.pipe)
 	if err != nil {
 		return nil, err
