@@ -253,7 +253,7 @@ func New(cfg Config, devices Devices, sink Sink, presence Presence) (*Broker, er
 		if err := os.MkdirAll(filepath.Dir(cfg.SessionStore), 0o700); err != nil {
 			return nil, fmt.Errorf("broker: session store: %w", err)
 		}
-		err := b.server.AddHook(sessionStore{new(bolt.Hook)}, &bolt.Options{Path: cfg.SessionStore,
+		err := b.server.AddHook(newSessionStore(), &bolt.Options{Path: cfg.SessionStore,
 			Options: &bbolt.Options{Timeout: 5 * time.Second}})
 		if err != nil {
 			return nil, fmt.Errorf("broker: session store %s: %w (is another nxcloud using it? set NXCLOUD_MQTT_SESSION_STORE)", cfg.SessionStore, err)
