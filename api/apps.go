@@ -3,8 +3,11 @@ package api
 import (
 	"context"
 	"log/slog"
+	"net/http"
+	"strings"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/labstack/echo/v4"
 	"github.com/redis/go-redis/v9"
 
@@ -43,6 +46,7 @@ type Apps struct {
 	// Jobs run in the background while the process serves (event feeds,
 	// download retries, deviation detection); each returns when ctx ends.
 	Jobs []func(ctx context.Context)
+	log  *slog.Logger
 }
 
 // NewApps builds the N apps.
@@ -83,6 +87,7 @@ func NewApps(d AppDeps) *Apps {
 		inspections := a.Quality.Feed(d.DB.System)
 		a.Jobs = append(a.Jobs, func(ctx context.Context) { inspections.Run(ctx, 2*time.Second) })
 	}
+	a.log = log
 	a.Meter = d.Meter
 	if a.Meter == nil {
 		a.Meter = metering.New(metering.Config{Logger: log.With("app", "metering")}, d.DB.System, d.DB.App, d.Redis)
@@ -97,9 +102,51 @@ func (a *Apps) register(tg, public *echo.Group, r *tenants.Routes) {
 	if a == nil {
 		return
 	}
-	batch.NewHandler(a.Batch).Register(tg, r)
+	ag := tg.Group("", a.meterUses)
+	batch.NewHandler(a.Batch).Register(ag, r)
 	batch.NewHandler(a.Batch).RegisterPublic(public, r)
-	downgrade.NewHandler(a.Downgrade).Register(tg, r)
-	quality.NewHandler(a.Quality).Register(tg, r)
-	recipe.NewHandler(a.Recipe).Register(tg, r)
+	downgrade.NewHandler(a.Downgrade).Register(ag, r)
+	quality.NewHandler(a.Quality).Register(ag, r)
+	recipe.NewHandler(a.Recipe).Register(ag, r)
+}
+
+// appUses are the N-app uses a firm pays per use (meter app.uses, subject
+// "<app>.<use>"), by route.
+var appUses = map[string]string{
+	"GET /api/v1/lots/:lot/trace":                              "batch.trace",
+	"GET /api/v1/lots/:lot/trace.csv":                          "batch.trace",
+	"GET /api/v1/lots/:lot/trace.html":                         "batch.trace",
+	"GET /api/v1/quality/spc":                                  "quality.spc",
+	"POST /api/v1/recipes/:recipe/versions/:version/release":   "recipe.download",
+	"POST /api/v1/recipes/:recipe/versions/:version/downloads": "recipe.download",
+}
+
+// meterUses records an app use once it is answered without error, before
+// the answer's first byte (as API calls are), keyed by the client's
+// Idempotency-Key or else the request id, so a retried use with the same
+// key is counted once.
+func (a *Apps) meterUses(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		use, ok := appUses[c.Request().Method+" "+c.Path()]
+		if !ok || a.Meter == nil {
+			return next(c)
+		}
+		key := c.Request().Header.Get(IdempotencyHeader)
+		if key == "" {
+			key = c.Response().Header().Get(echo.HeaderXRequestID)
+		}
+		if key == "" {
+			key = uuid.NewString()
+		}
+		app, name, _ := strings.Cut(use, ".")
+		ctx := context.WithoutCancel(c.Request().Context())
+		c.Response().Before(func() {
+			if c.Response().Status < http.StatusBadRequest {
+				if err := a.Meter.RecordAppUse(ctx, app, name, c.Request().Method+" "+c.Path()+" "+key); err != nil {
+					a.log.Warn("metering: app use not recorded", "use", use, "err", err)
+				}
+			}
+		})
+		return next(c)
+	}
 }

@@ -292,8 +292,8 @@ func (s *Service) LotValues(ctx context.Context, q tenants.Querier, lotID uuid.U
 
 // LotDetails returns each lot's inspection (results per characteristic with
 // judgement, nonconformances) for the batch app's trace, under the key
-// "inspections". Lots not visible in q's tenant are left out. q is scoped to
-// the tenant.
+// "inspections". Lots without results or nonconformances, and lots not
+// visible in q's tenant, are left out. q is scoped to the tenant.
 func (s *Service) LotDetails(ctx context.Context, q tenants.Querier, lotIDs []uuid.UUID) (map[uuid.UUID]any, error) {
 	out := make(map[uuid.UUID]any, len(lotIDs))
 	// Most lots of a trace were never inspected (raw materials, work in
