@@ -226,7 +226,8 @@ func cmdBenchConns(ctx context.Context, args []string, getenv func(string) strin
 	}
 	closeIdle := func() string {
 		ic.close()
-		return fmt.Sprintf("%d held", ic.held)
+		sleepCtx(ctx, 2*time.Second) // let the broker forget their client ids
+		return fmt.Sprintf("%d held, %d refused by the broker", ic.held, ic.refused)
 	}
 	if err := ab("idle connections", openIdleConns, closeIdle); err != nil {
 		return err
@@ -322,7 +323,8 @@ func cmdBenchConns(ctx context.Context, args []string, getenv func(string) strin
 	fmt.Fprintf(&b, "machine load (1-minute average) at start %s, at end %s\n", loadavg0, loadavg())
 	fmt.Fprintf(&b, "limits: %d publishes/s (burst %d) and %d B/s (burst %d) per device, QoS 1 held ≤ %s; %d connects/s (burst %d) per address; write timeout %s\n",
 		cfg.MQTTDeviceRate, cfg.MQTTDeviceBurst, cfg.MQTTDeviceBytes, cfg.MQTTDeviceBytesBurst, cfg.MQTTThrottleMax, cfg.MQTTConnectRate, cfg.MQTTConnectBurst, cfg.MQTTWriteTimeout)
-	fmt.Fprintf(&b, "\nidle connections: %d from %d loopback addresses of a child process (MQTT 3.1.1, keepalive 120 s, one device each)\n", first.held, bc.Sources)
+	fmt.Fprintf(&b, "\nidle connections: %d held (%d refused by the broker) from %d loopback addresses of a child process (MQTT 3.1.1, keepalive 120 s, one device each)\n",
+		first.held, first.refused, bc.Sources)
 	fmt.Fprintf(&b, "  connect: %.1f s for all (%.0f/s, 64 at a time), CONNECT→CONNACK p50 %.1f ms p99 %.1f ms (first connection of each device: credentials from the database)\n",
 		first.took.Seconds(), float64(first.held)/first.took.Seconds(), first.p50, first.p99)
 	fmt.Fprintf(&b, "  RSS of the platform's process: %s at start, %s before, %s with them → %.1f KiB per connection (Go heap+stacks %.1f KiB per connection)\n",
