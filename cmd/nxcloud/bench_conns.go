@@ -172,7 +172,10 @@ func cmdBenchConns(ctx context.Context, args []string, getenv func(string) strin
 		return lat.collect(false)
 	}
 	var rows []connsRow
-	ab := func(name string, on func() error, off func() string) error {
+	ab := func(name string, n int, on func() error, off func() string) error {
+		if n == 0 {
+			return nil // switched off by its flag
+		}
 		r := connsRow{name: name, load: loadavg()}
 		for c := range bc.Cycles {
 			sleepCtx(ctx, 2*time.Second)
@@ -229,7 +232,7 @@ func cmdBenchConns(ctx context.Context, args []string, getenv func(string) strin
 		sleepCtx(ctx, 2*time.Second) // let the broker forget their client ids
 		return fmt.Sprintf("%d held, %d refused by the broker", ic.held, ic.refused)
 	}
-	if err := ab("idle connections", openIdleConns, closeIdle); err != nil {
+	if err := ab("idle connections", bc.Idle, openIdleConns, closeIdle); err != nil {
 		return err
 	}
 	// They stay for the rest: each disturbance below comes on top of them.
@@ -243,7 +246,7 @@ func cmdBenchConns(ctx context.Context, args []string, getenv func(string) strin
 	var fstats *floodStats
 	var stopFlood context.CancelFunc
 	var l0 broker.LimitStats
-	err = ab("over-limit flood", func() error {
+	err = ab("over-limit flood", bc.FloodConns, func() error {
 		var fctx context.Context
 		fctx, stopFlood = context.WithCancel(ctx)
 		l0 = p.broker.LimitStats()
@@ -265,7 +268,7 @@ func cmdBenchConns(ctx context.Context, args []string, getenv func(string) strin
 	var sc []net.Conn
 	var sent *atomic.Int64
 	var stopSlow context.CancelFunc
-	err = ab("slow readers", func() error {
+	err = ab("slow readers", bc.Slow, func() error {
 		var sctx context.Context
 		sctx, stopSlow = context.WithCancel(ctx)
 		var err error
@@ -290,7 +293,7 @@ func cmdBenchConns(ctx context.Context, args []string, getenv func(string) strin
 	var r0 int64
 	pace := time.NewTicker(time.Duration(float64(time.Second) / bc.StormRate))
 	defer pace.Stop()
-	err = ab("connect storm", func() error {
+	err = ab("connect storm", bc.StormConns, func() error {
 		var stctx context.Context
 		stctx, stopStorm = context.WithCancel(ctx)
 		st, r0 = &stormStats{}, p.broker.LimitStats().ConnectsRefused
