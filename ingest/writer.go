@@ -359,6 +359,41 @@ func (p *Pipeline) store(ctx context.Context, b *batch, careful bool) (map[[2]uu
 // moves them into telemetry, skipping points already stored (same device,
 // metric and ts), and counts what was inserted per device.
 func insertTelemetry(ctx context.Context, tx pgx.Tx, items []Item, use func(t, d uuid.UUID) *Usage) (int64, time.Time, time.Time, error) {
+	// Fast path: duplicates are rare (a re-send after a lost PUBACK, a replay
+	// after a crash), so COPY straight into the table, in a savepoint; only
+	// when the unique key refuses a row does the batch take the slower path
+	// that skips duplicates (measured: INSERT … SELECT … ON CONFLICT costs
+	// about twice the COPY).
+	sp, err := tx.Begin(ctx)
+	if err != nil {
+		return 0, time.Time{}, time.Time{}, err
+	}
+	src := newBatchSource(items)
+	_, err = sp.CopyFrom(ctx, pgx.Identifier{"telemetry"}, telemetryColumns, src)
+	if err == nil {
+		if err := sp.Commit(ctx); err != nil {
+			return 0, time.Time{}, time.Time{}, err
+		}
+		var total int64
+		for _, it := range items {
+			use(it.Tenant, it.Device).Stored += int64(len(it.Points))
+			total += int64(len(it.Points))
+		}
+		return total, src.lo, src.hi, nil
+	}
+	var pe *pgconn.PgError
+	if !errors.As(err, &pe) || pe.Code != "23505" {
+		_ = sp.Rollback(ctx)
+		return 0, time.Time{}, time.Time{}, err
+	}
+	if err := sp.Rollback(ctx); err != nil {
+		return 0, time.Time{}, time.Time{}, err
+	}
+	return insertTelemetryDedup(ctx, tx, items, use)
+}
+
+// insertTelemetryDedup is the path for a batch with points already stored.
+func insertTelemetryDedup(ctx context.Context, tx pgx.Tx, items []Item, use func(t, d uuid.UUID) *Usage) (int64, time.Time, time.Time, error) {
 	if _, err := tx.Exec(ctx, `CREATE TEMP TABLE IF NOT EXISTS telemetry_stage
 		(ts timestamptz, tenant_id uuid, device_id uuid, metric_id integer, value double precision) ON COMMIT DELETE ROWS`); err != nil {
 		return 0, time.Time{}, time.Time{}, err
