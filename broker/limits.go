@@ -32,7 +32,7 @@ type Limits struct {
 	// instead (default 5s). QoS 0 over the rate is dropped at once.
 	MaxThrottle time.Duration
 	// ConnectRate and ConnectBurst bound new connections per source address
-	// (IPv4 address, IPv6 /64) per second (default 20, burst 200).
+	// (IPv4 address, IPv6 /64) per second (default 50, burst 1000: a site behind one NAT address reconnects at once).
 	ConnectRate  float64
 	ConnectBurst int
 	// MaxAddresses bounds the per-address table (default 65536); addresses
@@ -62,8 +62,8 @@ func (l *Limits) setDefaults(maxPacket uint32) {
 	if l.MaxThrottle <= 0 {
 		l.MaxThrottle = 5 * time.Second
 	}
-	def(&l.ConnectRate, 20)
-	defInt(&l.ConnectBurst, 200)
+	def(&l.ConnectRate, 50)
+	defInt(&l.ConnectBurst, 1000)
 	defInt(&l.MaxAddresses, 65536)
 	if l.WriteTimeout <= 0 {
 		l.WriteTimeout = 30 * time.Second

@@ -21,7 +21,7 @@ func TestBrokerLimitsFromEnvironmentAndFlags(t *testing.T) {
 	}
 	want := broker.Limits{
 		PublishRate: 50, PublishBurst: 1000, ByteRate: 1024, ByteBurst: 8 << 20, MaxThrottle: 2 * time.Second,
-		ConnectRate: -1, ConnectBurst: 200, WriteTimeout: 5 * time.Second,
+		ConnectRate: -1, ConnectBurst: 1000, WriteTimeout: 5 * time.Second,
 	}
 	if got := c.brokerLimits(); got != want {
 		t.Fatalf("limits %+v, want %+v", got, want)
