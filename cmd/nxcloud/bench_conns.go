@@ -69,7 +69,7 @@ func cmdBenchConns(ctx context.Context, args []string, getenv func(string) strin
 		fs.Float64Var(&bc.FloodRate, "flood-rate", 1000, "messages per second of each QoS 0 flooder")
 		fs.IntVar(&bc.Slow, "slow", 50, "slow readers: subscribed to their commands, never reading, sent 64 KiB commands 20 times a second")
 		fs.IntVar(&bc.StormConns, "storm-conns", 16, "concurrent dialers of the connect storm from one address")
-		fs.Float64Var(&bc.StormRate, "storm-rate", 2000, "connection attempts per second of the storm (100× the default limit)")
+		fs.Float64Var(&bc.StormRate, "storm-rate", 2000, "connection attempts per second of the storm (40× the default limit per address)")
 		fs.DurationVar(&bc.Phase, "window", 10*time.Second, "length of each measured window")
 		fs.IntVar(&bc.Cycles, "cycles", 3, "off/on cycles per disturbance")
 		fs.StringVar(&bc.Out, "out", "", "also write the report to this file")
