@@ -78,6 +78,21 @@ func (f *fakeDevices) Lookup(_ context.Context, username string) (tenants.Identi
 	return d.id, nil
 }
 
+func (f *fakeDevices) Identities(ctx context.Context, ids []uuid.UUID) (map[uuid.UUID]tenants.Identity, error) {
+	out := map[uuid.UUID]tenants.Identity{}
+	for _, id := range ids {
+		got, err := f.Identity(ctx, id)
+		if err != nil {
+			if apps.Code(err) == apps.NotFound {
+				continue
+			}
+			return nil, err
+		}
+		out[id] = got
+	}
+	return out, nil
+}
+
 func (f *fakeDevices) Identity(_ context.Context, id uuid.UUID) (tenants.Identity, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()

@@ -3,6 +3,7 @@ package tenants
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"sync"
 	"time"
@@ -211,6 +212,38 @@ func (s *Service) Identity(ctx context.Context, device uuid.UUID) (Identity, err
 	s.auth.devices[device] = identEntry{id: id, at: now}
 	s.auth.mu.Unlock()
 	return id, nil
+}
+
+// Identities returns the current identity of each of the given devices in
+// one query (the broker re-validates every connected device this way each
+// round); a device that no longer exists is absent from the map. The answers
+// refresh the cache Identity reads.
+func (s *Service) Identities(ctx context.Context, devices []uuid.UUID) (map[uuid.UUID]Identity, error) {
+	rows, err := s.db.System.Query(ctx, identitySelect+` WHERE d.id = ANY($1)`, devices)
+	if err != nil {
+		return nil, fmt.Errorf("device identities: %w", err)
+	}
+	defer rows.Close()
+	out := make(map[uuid.UUID]Identity, len(devices))
+	for rows.Next() {
+		var id Identity
+		var salt, hash []byte
+		if err := rows.Scan(&id.TenantID, &id.TenantSlug, &id.DeviceID, &id.DeviceKey, &id.ModelID, &id.Active, &salt, &hash); err != nil {
+			return nil, err
+		}
+		out[id.DeviceID] = id
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	now := s.now()
+	s.auth.mu.Lock()
+	s.auth.prune(now)
+	for d, id := range out {
+		s.auth.devices[d] = identEntry{id: id, at: now}
+	}
+	s.auth.mu.Unlock()
+	return out, nil
 }
 
 // AuthenticateAPIKey resolves a tenant API key ("nxk_<prefix>_<secret>") to a
