@@ -36,11 +36,9 @@ type Devices interface {
 	// re-attaches sessions restored from the session store after a restart
 	// to their devices. Errors: not_found.
 	Lookup(ctx context.Context, username string) (tenants.Identity, error)
-	// Identity returns the current state of a device (cached for at most a few seconds), used to
-	// disconnect devices that were disabled while connected.
-	Identity(ctx context.Context, deviceID uuid.UUID) (tenants.Identity, error)
 	// Identities returns the current state of many devices in one call (the
-	// re-validation round); a device that no longer exists is absent.
+	// re-validation round that disconnects devices disabled while connected);
+	// a device that no longer exists is absent.
 	Identities(ctx context.Context, deviceIDs []uuid.UUID) (map[uuid.UUID]tenants.Identity, error)
 }
 
