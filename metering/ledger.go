@@ -216,7 +216,8 @@ func newAPIRecorder(log *slog.Logger, pool *pgxpool.Pool, wait time.Duration, si
 // it is committed (or when the commit failed: the row is then kept and
 // retried). key is the call's idempotency key. Errors: the commit's failure.
 func (s *Service) RecordAPICall(ctx context.Context, tenant uuid.UUID, class, key string) error {
-	r := &apiRec{tenant: tenant, class: class, key: key, at: s.now().UTC(), done: make(chan error, 1)}
+	done := make(chan error, 1)
+	r := &apiRec{tenant: tenant, class: class, key: key, at: s.now().UTC(), done: done}
 	if !s.api.running.Load() {
 		// No group commit running (a test, or shutdown): one row, now.
 		return s.RecordUse(ctx, tenant, Use{Meter: MeterAPICalls, Subject: class, Quantity: 1, Key: key, At: r.at})
@@ -226,7 +227,8 @@ func (s *Service) RecordAPICall(ctx context.Context, tenant uuid.UUID, class, ke
 	case <-ctx.Done():
 		return ctx.Err()
 	}
-	return <-r.done
+	// done, not r.done: the recorder clears r.done once it has answered.
+	return <-done
 }
 
 func (a *apiRecorder) run(ctx context.Context) {
