@@ -97,7 +97,14 @@ func (p *Pipeline) readLoop() {
 				continue
 			}
 		}
-		for _, r := range recs {
+		for i, r := range recs {
+			select {
+			case <-p.abort:
+				// Not written: the records stay in the spool for the next start.
+				p.spool.done(append(b.recs, recs[i:]...), ErrOverloaded)
+				return
+			default:
+			}
 			p.prepare(&b, r)
 			if b.points >= p.cfg.BatchPoints {
 				send()
@@ -135,7 +142,13 @@ func (p *Pipeline) prepareTelemetry(b *batch, m broker.Message) {
 		}
 		// The database is away: the record waits in the spool meanwhile.
 		p.log.Warn("ingest: device model lookup failed, retrying", "device", id.DeviceKey, "retry_in", backoff, "err", err)
-		time.Sleep(backoff)
+		select {
+		case <-time.After(backoff):
+		case <-p.abort:
+			// Shutdown gave up waiting: the record stays in the spool for
+			// the next start (its batch is never written).
+			return
+		}
 		backoff = min(backoff*2, 5*time.Second)
 	}
 	points, rejects := Decode(m.Payload, schema, m.Received, p.cfg.Limits, nil)
