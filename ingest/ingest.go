@@ -134,7 +134,9 @@ type Stats struct {
 	PointsDropped atomic.Int64
 	DeadLetters   atomic.Int64
 	Batches       atomic.Int64
-	WriteErrors   atomic.Int64
+	// BatchNanos is the time spent in committed batches' transactions.
+	BatchNanos  atomic.Int64
+	WriteErrors atomic.Int64
 	// Refused counts QoS 1 messages refused (no room before the deadline, or
 	// shutting down): not acknowledged, so the device sends them again.
 	Refused atomic.Int64
@@ -175,6 +177,12 @@ func (p *Pipeline) Stats() *Stats { return &p.stats }
 
 // Spool returns the state of the spool (backlog, budget, durability).
 func (p *Pipeline) Spool() SpoolStats { return p.spool.Stats() }
+
+// SpoolFsyncs returns the spool's group fsyncs so far and the time spent in
+// their writes and fsyncs.
+func (p *Pipeline) SpoolFsyncs() (int64, time.Duration) {
+	return p.spool.Fsyncs.Load(), time.Duration(p.spool.FsyncNanos.Load())
+}
 
 // Start launches the reader and the writers. They run until Close.
 func (p *Pipeline) Start() {

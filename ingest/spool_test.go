@@ -139,3 +139,41 @@ func TestSpoolBudget(t *testing.T) {
 	}
 	_ = stop
 }
+
+// TestSpoolGroupCommit: with a sync interval, publishes arriving together
+// share fsyncs (never more than one per interval), and every durable Append
+// returns only after an fsync covering it.
+func TestSpoolGroupCommit(t *testing.T) {
+	const interval = 20 * time.Millisecond
+	s, err := OpenSpool(SpoolConfig{Dir: t.TempDir(), BudgetBytes: 1 << 20, SyncInterval: interval})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	const writers, each = 50, 10
+	start := time.Now()
+	errs := make(chan error, writers*each)
+	for w := 0; w < writers; w++ {
+		go func() {
+			for i := 0; i < each; i++ {
+				errs <- s.Append([]byte(fmt.Sprintf("w%d-%d", w, i)), true, time.Now().Add(10*time.Second))
+			}
+		}()
+	}
+	for i := 0; i < writers*each; i++ {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	elapsed := time.Since(start)
+	fsyncs := s.Fsyncs.Load()
+	if limit := int64(elapsed/interval) + 1; fsyncs > limit {
+		t.Fatalf("%d fsyncs in %s: more than one per %s", fsyncs, elapsed, interval)
+	}
+	if fsyncs < each {
+		t.Fatalf("%d fsyncs for %d rounds of appends that each waited for theirs", fsyncs, each)
+	}
+	if st := s.Stats(); st.Pending != writers*each {
+		t.Fatalf("pending %d, want %d (all appended, none committed)", st.Pending, writers*each)
+	}
+}

@@ -17,8 +17,6 @@ import (
 	"github.com/nxcloud/nxcloud/broker"
 )
 
-var telemetryColumns = []string{"ts", "tenant_id", "device_id", "metric_id", "value"}
-
 // Usage is what one committed batch stored for one device: the units
 // metering counts, in the transaction that stored them.
 type Usage struct {
@@ -267,14 +265,19 @@ func (p *Pipeline) writeBatch(b batch) {
 	ctx := context.Background()
 	backoff := 100 * time.Millisecond
 	careful := false
+	var rows copyRows
+	if b.points > 0 {
+		rows = encodeTelemetry(b.items)
+	}
 	for attempt := 1; ; attempt++ {
 		start := time.Now()
-		usage, stored, err := p.store(ctx, &b, careful)
+		usage, stored, err := p.store(ctx, &b, rows, careful)
 		if err == nil {
 			now := time.Now()
 			p.spool.done(b.recs, nil)
 			metricBatchSeconds.Observe(now.Sub(start).Seconds())
 			p.stats.Batches.Add(1)
+			p.stats.BatchNanos.Add(int64(now.Sub(start)))
 			p.stats.PointsCommitted.Add(stored)
 			p.stats.PointsDuplicate.Add(int64(b.points) - stored)
 			metricPointsCommitted.Add(float64(stored))
@@ -317,7 +320,7 @@ func (p *Pipeline) writeBatch(b batch) {
 
 // store writes b in one transaction: telemetry (duplicates skipped), events,
 // dead letters, the rollup invalidation and the metering hook.
-func (p *Pipeline) store(ctx context.Context, b *batch, careful bool) (map[[2]uuid.UUID]*Usage, int64, error) {
+func (p *Pipeline) store(ctx context.Context, b *batch, rows copyRows, careful bool) (map[[2]uuid.UUID]*Usage, int64, error) {
 	usage := map[[2]uuid.UUID]*Usage{}
 	use := func(t, d uuid.UUID) *Usage {
 		k := [2]uuid.UUID{t, d}
@@ -333,7 +336,7 @@ func (p *Pipeline) store(ctx context.Context, b *batch, careful bool) (map[[2]uu
 		usage = map[[2]uuid.UUID]*Usage{}
 		stored = 0
 		if b.points > 0 {
-			n, lo, hi, err := insertTelemetry(ctx, tx, b.items, use)
+			n, lo, hi, err := insertTelemetry(ctx, tx, b.items, rows, use)
 			if err != nil {
 				return err
 			}
@@ -368,10 +371,10 @@ func (p *Pipeline) store(ctx context.Context, b *batch, careful bool) (map[[2]uu
 	return usage, stored, err
 }
 
-// insertTelemetry copies the points into a per-connection staging table and
-// moves them into telemetry, skipping points already stored (same device,
-// metric and ts), and counts what was inserted per device.
-func insertTelemetry(ctx context.Context, tx pgx.Tx, items []Item, use func(t, d uuid.UUID) *Usage) (int64, time.Time, time.Time, error) {
+// insertTelemetry stores the batch's points (rows, encoded from items) in
+// telemetry, skipping points already stored (same device, metric and ts), and
+// counts what was inserted per device.
+func insertTelemetry(ctx context.Context, tx pgx.Tx, items []Item, rows copyRows, use func(t, d uuid.UUID) *Usage) (int64, time.Time, time.Time, error) {
 	// Fast path: duplicates are rare (a re-send after a lost PUBACK, a replay
 	// after a crash), so COPY straight into the table, in a savepoint; only
 	// when the unique key refuses a row does the batch take the slower path
@@ -381,18 +384,15 @@ func insertTelemetry(ctx context.Context, tx pgx.Tx, items []Item, use func(t, d
 	if err != nil {
 		return 0, time.Time{}, time.Time{}, err
 	}
-	src := newBatchSource(items)
-	_, err = sp.CopyFrom(ctx, pgx.Identifier{"telemetry"}, telemetryColumns, src)
+	_, err = copyTo(ctx, sp, copyTelemetrySQL, rows)
 	if err == nil {
 		if err := sp.Commit(ctx); err != nil {
 			return 0, time.Time{}, time.Time{}, err
 		}
-		var total int64
 		for _, it := range items {
 			use(it.Tenant, it.Device).Stored += int64(len(it.Points))
-			total += int64(len(it.Points))
 		}
-		return total, src.lo, src.hi, nil
+		return rows.rows, rows.lo, rows.hi, nil
 	}
 	var pe *pgconn.PgError
 	if !errors.As(err, &pe) || pe.Code != "23505" {
@@ -402,20 +402,19 @@ func insertTelemetry(ctx context.Context, tx pgx.Tx, items []Item, use func(t, d
 	if err := sp.Rollback(ctx); err != nil {
 		return 0, time.Time{}, time.Time{}, err
 	}
-	return insertTelemetryDedup(ctx, tx, items, use)
+	return insertTelemetryDedup(ctx, tx, rows, use)
 }
 
 // insertTelemetryDedup is the path for a batch with points already stored.
-func insertTelemetryDedup(ctx context.Context, tx pgx.Tx, items []Item, use func(t, d uuid.UUID) *Usage) (int64, time.Time, time.Time, error) {
+func insertTelemetryDedup(ctx context.Context, tx pgx.Tx, rows copyRows, use func(t, d uuid.UUID) *Usage) (int64, time.Time, time.Time, error) {
 	if _, err := tx.Exec(ctx, `CREATE TEMP TABLE IF NOT EXISTS telemetry_stage
 		(ts timestamptz, tenant_id uuid, device_id uuid, metric_id integer, value double precision) ON COMMIT DELETE ROWS`); err != nil {
 		return 0, time.Time{}, time.Time{}, err
 	}
-	src := newBatchSource(items)
-	if _, err := tx.CopyFrom(ctx, pgx.Identifier{"telemetry_stage"}, telemetryColumns, src); err != nil {
+	if _, err := copyTo(ctx, tx, copyStageSQL, rows); err != nil {
 		return 0, time.Time{}, time.Time{}, err
 	}
-	rows, err := tx.Query(ctx, `
+	res, err := tx.Query(ctx, `
 		WITH ins AS (
 			INSERT INTO telemetry (ts, tenant_id, device_id, metric_id, value)
 			SELECT ts, tenant_id, device_id, metric_id, value FROM telemetry_stage
@@ -429,70 +428,29 @@ func insertTelemetryDedup(ctx context.Context, tx pgx.Tx, items []Item, use func
 	if err != nil {
 		return 0, time.Time{}, time.Time{}, err
 	}
-	defer rows.Close()
+	defer res.Close()
 	var total int64
-	for rows.Next() {
+	for res.Next() {
 		var t, d pgtype.UUID
 		var n int64
-		if err := rows.Scan(&t, &d, &n); err != nil {
+		if err := res.Scan(&t, &d, &n); err != nil {
 			return 0, time.Time{}, time.Time{}, err
 		}
 		use(t.Bytes, d.Bytes).Stored += n
 		total += n
 	}
-	return total, src.lo, src.hi, rows.Err()
+	return total, rows.lo, rows.hi, res.Err()
 }
 
 // CopyItems writes the points of items into the telemetry table with one
-// plain COPY (no duplicate check) and returns their time range. The benchmark
-// uses it to measure the raw COPY limit on the same rows.
+// plain COPY (no duplicate check), encoded as the writers encode them, and
+// returns their time range. The benchmark uses it to measure the raw COPY
+// limit on the same rows.
 func CopyItems(ctx context.Context, tx pgx.Tx, items []Item) (lo, hi time.Time, err error) {
-	src := newBatchSource(items)
-	_, err = tx.CopyFrom(ctx, pgx.Identifier{"telemetry"}, telemetryColumns, src)
-	return src.lo, src.hi, err
+	rows := encodeTelemetry(items)
+	_, err = copyTo(ctx, tx, copyTelemetrySQL, rows)
+	return rows.lo, rows.hi, err
 }
-
-func newBatchSource(items []Item) *batchSource {
-	src := &batchSource{items: items, row: make([]any, 5), ids: make([][2]pgtype.UUID, len(items))}
-	for i, it := range items {
-		src.ids[i] = [2]pgtype.UUID{{Bytes: it.Tenant, Valid: true}, {Bytes: it.Device, Valid: true}}
-	}
-	return src
-}
-
-// batchSource feeds a batch to CopyFrom without building a [][]any, and notes
-// the batch's time range. Ids are passed as pgtype.UUID: pgx encodes a
-// uuid.UUID through reflection, which measured 4x slower for the whole COPY.
-type batchSource struct {
-	items  []Item
-	ids    [][2]pgtype.UUID
-	i, j   int
-	row    []any
-	lo, hi time.Time
-}
-
-func (s *batchSource) Next() bool {
-	for s.i < len(s.items) {
-		if s.j < len(s.items[s.i].Points) {
-			it := &s.items[s.i]
-			pt := it.Points[s.j]
-			s.j++
-			if s.lo.IsZero() || pt.TS.Before(s.lo) {
-				s.lo = pt.TS
-			}
-			if pt.TS.After(s.hi) {
-				s.hi = pt.TS
-			}
-			s.row[0], s.row[1], s.row[2], s.row[3], s.row[4] = pt.TS, s.ids[s.i][0], s.ids[s.i][1], pt.MetricID, pt.Value
-			return true
-		}
-		s.i, s.j = s.i+1, 0
-	}
-	return false
-}
-
-func (s *batchSource) Values() ([]any, error) { return s.row, nil }
-func (s *batchSource) Err() error             { return nil }
 
 const insertEventsSQL = `
 	INSERT INTO device_events (tenant_id, device_id, kind, name, ts, payload)

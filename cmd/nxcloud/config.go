@@ -34,6 +34,7 @@ type config struct {
 	IngestDurability string
 	IngestSpoolDir   string
 	IngestSpoolBytes int
+	IngestSpoolSync  time.Duration
 	MQTTSessionStore string
 	MaxPacket        int
 	AuthCacheTTL     time.Duration
@@ -111,6 +112,8 @@ func bindConfig(fs *flag.FlagSet, c *config, getenv func(string) string) error {
 	str(&c.IngestSpoolDir, "ingest-spool-dir", ".data/spool", "directory of the ingest spool (durability spool)")
 	integer(&c.IngestSpoolBytes, "ingest-spool-bytes", 1<<30,
 		"budget of the ingest spool in bytes (on disk; in memory with durability commit): beyond it QoS 1 publishes wait and QoS 0 ones are dropped")
+	dur(&c.IngestSpoolSync, "ingest-spool-sync", 5*time.Millisecond,
+		"shortest time between two group fsyncs of the spool: under load, every QoS 1 publish that arrives meanwhile shares the next fsync (0: fsync as soon as the last ended)")
 	integer(&c.MaxPacket, "mqtt-max-packet", 2<<20, "largest MQTT packet in bytes")
 	dur(&c.AuthCacheTTL, "auth-cache-ttl", 3*time.Second, "how long credential checks are cached (a disabled device is refused within it)")
 	dur(&c.MaintainEvery, "maintain-every", 30*time.Second, "interval of storage maintenance (partitions, rollups) without TimescaleDB")

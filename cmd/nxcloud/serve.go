@@ -142,7 +142,7 @@ func startPlatform(ctx context.Context, cfg config, log *slog.Logger, opt platfo
 	}
 	p.tenants.UseRedisGrants(ctx, p.rdb, log)
 	p.hot = ingest.NewHot(p.rdb, 500*time.Millisecond, log)
-	spool := ingest.SpoolConfig{Dir: cfg.IngestSpoolDir, BudgetBytes: int64(cfg.IngestSpoolBytes)}
+	spool := ingest.SpoolConfig{Dir: cfg.IngestSpoolDir, BudgetBytes: int64(cfg.IngestSpoolBytes), SyncInterval: cfg.IngestSpoolSync}
 	switch cfg.IngestDurability {
 	case "spool":
 	case "commit":
