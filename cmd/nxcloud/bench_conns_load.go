@@ -421,6 +421,31 @@ func loadavg() string {
 	return f[0]
 }
 
+// machineCPU returns the machine's busy and total CPU time so far, in
+// clock ticks, from /proc/stat (zeros where it cannot be read).
+func machineCPU() (busy, total float64) {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0, 0
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line)
+	if len(f) < 5 || f[0] != "cpu" {
+		return 0, 0
+	}
+	for i, x := range f[1:] {
+		v, err := strconv.ParseFloat(x, 64)
+		if err != nil {
+			return 0, 0
+		}
+		total += v
+		if i != 3 && i != 4 { // idle, iowait
+			busy += v
+		}
+	}
+	return busy, total
+}
+
 // processCPU is the process's CPU time in seconds (user+system): what a
 // disturbance costs the platform, less blurred by other processes than
 // latency is.

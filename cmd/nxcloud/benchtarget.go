@@ -71,6 +71,46 @@ func (t *benchTarget) committed(ctx context.Context) int64 {
 	return n
 }
 
+// ingestInternals are the in-process pipeline's counters the bench reports
+// to explain its figures.
+type ingestInternals struct {
+	batches, batchNanos, points int64
+	fsyncs                      int64
+	fsyncTime                   time.Duration
+	cpuBusy, cpuTotal           float64 // the machine's, in ticks
+	procCPU                     float64 // this process's, in seconds
+}
+
+func (t *benchTarget) internals() ingestInternals {
+	busy, total := machineCPU()
+	if t.external {
+		return ingestInternals{cpuBusy: busy, cpuTotal: total, procCPU: processCPU()}
+	}
+	st := t.platform.pipe.Stats()
+	n, d := t.platform.pipe.SpoolFsyncs()
+	return ingestInternals{batches: st.Batches.Load(), batchNanos: st.BatchNanos.Load(), points: st.PointsCommitted.Load() + st.PointsDuplicate.Load(),
+		fsyncs: n, fsyncTime: d, cpuBusy: busy, cpuTotal: total, procCPU: processCPU()}
+}
+
+// since describes what happened between a and b, over d.
+func (b ingestInternals) since(a ingestInternals, d time.Duration) string {
+	batches := b.batches - a.batches
+	var s string
+	if b.cpuTotal > a.cpuTotal {
+		s = fmt.Sprintf("machine CPU %.0f%% busy (this process %.2f cores); ", 100*(b.cpuBusy-a.cpuBusy)/(b.cpuTotal-a.cpuTotal),
+			(b.procCPU-a.procCPU)/d.Seconds())
+	}
+	s += fmt.Sprintf("%.1f batches/s", float64(batches)/d.Seconds())
+	if batches > 0 {
+		s += fmt.Sprintf(" of %.0f points, %.1f ms each in the database", float64(b.points-a.points)/float64(batches),
+			float64(b.batchNanos-a.batchNanos)/float64(batches)/1e6)
+	}
+	if f := b.fsyncs - a.fsyncs; f > 0 {
+		s += fmt.Sprintf("; spool %.0f group fsyncs/s, %.2f ms each", float64(f)/d.Seconds(), float64(b.fsyncTime-a.fsyncTime)/float64(f)/1e6)
+	}
+	return s
+}
+
 // drain waits until everything accepted has been committed.
 func (t *benchTarget) drain(ctx context.Context) {
 	if !t.external {
