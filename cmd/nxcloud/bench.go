@@ -37,6 +37,8 @@ type benchConfig struct {
 	Out         string
 	Target      string // MQTT URL of a running platform; "" starts one in-process
 	Modes       string // durability modes to compare in one run
+	// ChildPublishers runs the sustained phase's devices in a child process.
+	ChildPublishers bool
 }
 
 // latencies collects publish→committed latencies of messages, in ms.
@@ -88,6 +90,9 @@ func cmdBench(ctx context.Context, args []string, getenv func(string) string, st
 	if len(args) > 0 && args[0] == "conns" {
 		return cmdBenchConns(ctx, args[1:], getenv, stdout, stderr) // bench_conns.go
 	}
+	if len(args) > 0 && args[0] == publishersCmd {
+		return runPublisherChild(ctx, args[1:], stdout) // bench_publishers.go
+	}
 	var bc benchConfig
 	var cpuProfile *string
 	cfg, err := parseCommand("bench", args, getenv, stderr, func(fs *flag.FlagSet) {
@@ -103,6 +108,7 @@ func cmdBench(ctx context.Context, args []string, getenv func(string) string, st
 		fs.StringVar(&bc.Out, "out", "", "also write the report to this file")
 		cpuProfile = fs.String("cpuprofile", "", "write a CPU profile of the sustained phase to this file")
 		fs.StringVar(&bc.Target, "target-mqtt", "", "measure a running nxcloud at this MQTT URL (tcp://host:1883) instead of one started in-process; --database-url must be its database")
+		fs.BoolVar(&bc.ChildPublishers, "publisher-process", true, "run the sustained phase's devices in a child process (false: in the platform's process, sharing its Go scheduler)")
 		fs.StringVar(&bc.Modes, "durability-modes", "", "run the bench once per ingest durability mode (e.g. none,commit,spool) in this run and compare them")
 	})
 	if err != nil {
@@ -218,43 +224,28 @@ func runBench(ctx context.Context, cfg config, bc benchConfig, args []string, cp
 
 	// Phase 1: sustained load from many devices.
 	say("connecting %d devices (QoS %d, %.0f msg/s each, %d metrics a message)", bc.Devices, bc.QoS, bc.Rate, bc.Metrics)
-	clients, err := connectAll(ctx, brokerURL, slug, devices[:bc.Devices], secret)
+	interval := time.Duration(float64(time.Second) / bc.Rate)
+	var pubs publishers
+	if tg.external || !bc.ChildPublishers {
+		var rec func(string) func(time.Time)
+		if tg.probe != nil {
+			rec = tg.probe.recorder
+		}
+		pubs, err = startInProcess(ctx, brokerURL, slug, secret, devices[:bc.Devices], keys, byte(bc.QoS), interval, rec)
+	} else {
+		// The devices publish from a process of their own (see publishersCmd).
+		pubs, err = startPublisherChild(ctx, stderr, brokerURL, slug, secret, bc.Devices, keys, byte(bc.QoS), interval)
+	}
 	if err != nil {
 		return res, err
 	}
-	var acked, failed atomic.Int64
-	runCtx, stopRun := context.WithCancel(ctx)
-	defer stopRun()
-	var wg sync.WaitGroup
-	interval := time.Duration(float64(time.Second) / bc.Rate)
-	// Each device publishes from its own goroutine (paho's Publish blocks
-	// while its client writes); acknowledgements are collected in publish order
-	// by one goroutine per 50 devices rather than one goroutine per message.
-	var collectors sync.WaitGroup
-	var pendings []chan mqtt.Token
-	for g := 0; g < len(clients); g += 50 {
-		pending := make(chan mqtt.Token, 64*1024)
-		pendings = append(pendings, pending)
-		collectors.Add(1)
-		go func() {
-			defer collectors.Done()
-			for tok := range pending {
-				tok.Wait()
-				if tok.Error() == nil {
-					acked.Add(1)
-				} else {
-					failed.Add(1)
-				}
-			}
-		}()
-		for i := g; i < min(g+50, len(clients)); i++ {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				publishLoop(runCtx, clients[i], "v1/"+slug+"/"+devices[i]+"/telemetry", keys, byte(bc.QoS), interval, int64(i), pending, tg.probe.recorder(devices[i]))
-			}()
+	stopped := false
+	defer func() {
+		if !stopped {
+			pubs.stop()
 		}
-	}
+	}()
+	acked := func() int64 { a, _ := pubs.counts(); return a }
 	say("warming up for %s", bc.Warmup)
 	sleepCtx(ctx, bc.Warmup)
 	lat.collect(true)
@@ -268,29 +259,23 @@ func runBench(ctx context.Context, cfg config, bc benchConfig, args []string, cp
 			return res, err
 		}
 	}
-	c0, a0, t0 := tg.committed(ctx), acked.Load(), time.Now()
+	c0, a0, t0 := tg.committed(ctx), acked(), time.Now()
 	i0 := tg.internals()
 	say("measuring for %s", bc.Duration)
 	progress(ctx, stderr, bc.Duration, func() string {
 		return fmt.Sprintf("%d points committed so far", tg.committed(ctx)-c0)
 	})
-	c1, a1, t1 := tg.committed(ctx), acked.Load(), time.Now()
+	c1, a1, t1 := tg.committed(ctx), acked(), time.Now()
 	i1 := tg.internals()
 	lats := lat.collect(false)
 	if cpuProfile != "" {
 		pprof.StopCPUProfile()
 	}
-	stopRun()
-	wg.Wait()
-	for _, p := range pendings {
-		close(p)
-	}
-	collectors.Wait()
+	pubs.stop()
+	stopped = true
+	ackedN, failedN := pubs.counts()
 	say("draining")
 	tg.drain(ctx)
-	for _, c := range clients {
-		c.Disconnect(100)
-	}
 	var stored int64
 	if err := p.sys.QueryRow(ctx, `SELECT count(*) FROM telemetry WHERE tenant_id = $1`, t.ID).Scan(&stored); err != nil {
 		return res, err
@@ -298,7 +283,7 @@ func runBench(ctx context.Context, cfg config, bc benchConfig, args []string, cp
 	sustained := float64(c1-c0) / t1.Sub(t0).Seconds()
 	offered := float64(a1-a0) * float64(bc.Metrics) / t1.Sub(t0).Seconds()
 	slices.Sort(lats)
-	ackedPoints := acked.Load() * int64(bc.Metrics)
+	ackedPoints := ackedN * int64(bc.Metrics)
 
 	// Phase 2: a flood from a few connections, big messages, as fast as possible.
 	var floodRate float64
@@ -360,7 +345,7 @@ func runBench(ctx context.Context, cfg config, bc benchConfig, args []string, cp
 	fmt.Fprintf(&b, "  publish→committed latency         p50 %.1f ms  p90 %.1f ms  p99 %.1f ms  max %.1f ms  (%d messages%s)\n",
 		pct(lats, 50), pct(lats, 90), pct(lats, 99), pct(lats, 100), len(lats), map[bool]string{true: " of 20 probe devices, polled every 20 ms", false: ""}[tg.external])
 	fmt.Fprintf(&b, "  loss: %d points acknowledged by the broker, %d stored, %d publishes failed → %d lost\n",
-		ackedPoints, stored, failed.Load(), ackedPoints-stored)
+		ackedPoints, stored, failedN, ackedPoints-stored)
 	if !tg.external {
 		fmt.Fprintf(&b, "  inside: %s\n", i1.since(i0, t1.Sub(t0)))
 	}
