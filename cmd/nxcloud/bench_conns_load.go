@@ -141,22 +141,9 @@ type idleChild struct {
 // startIdleChild runs `nxcloud bench conns idle-clients` for devices
 // d-<first>… and waits until it holds them all.
 func startIdleChild(ctx context.Context, stderr io.Writer, addr, slug, secret string, first, count, sources int) (*idleChild, error) {
-	exe, err := os.Executable()
-	if err != nil {
-		return nil, err
-	}
-	cmd := exec.CommandContext(ctx, exe, "bench", "conns", idleClientsCmd, addr, slug, secret,
+	cmd, in, out, err := startSelf(ctx, stderr, "bench", "conns", idleClientsCmd, addr, slug, secret,
 		strconv.Itoa(first), strconv.Itoa(count), strconv.Itoa(sources))
-	cmd.Stderr = stderr
-	in, err := cmd.StdinPipe()
 	if err != nil {
-		return nil, err
-	}
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		return nil, err
-	}
-	if err := cmd.Start(); err != nil {
 		return nil, err
 	}
 	ch := &idleChild{cmd: cmd, stdin: in}
@@ -171,6 +158,29 @@ func startIdleChild(ctx context.Context, stderr io.Writer, addr, slug, secret st
 	}
 	ch.took = time.Duration(secs * float64(time.Second))
 	return ch, nil
+}
+
+// startSelf starts this executable with args as a child: stderr shared, its
+// stdin (the child stops when it ends) and stdout piped.
+func startSelf(ctx context.Context, stderr io.Writer, args ...string) (*exec.Cmd, io.WriteCloser, io.ReadCloser, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	cmd := exec.CommandContext(ctx, exe, args...)
+	cmd.Stderr = stderr
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, nil, nil, err
+	}
+	return cmd, in, out, nil
 }
 
 func (ch *idleChild) close() {

@@ -122,26 +122,13 @@ func (p *childPublishers) stop() {
 }
 
 func startPublisherChild(ctx context.Context, stderr io.Writer, brokerURL, slug, secret string, devices int, keys []benchMetric, qos byte, every time.Duration) (*childPublishers, error) {
-	exe, err := os.Executable()
-	if err != nil {
-		return nil, err
-	}
 	specs := make([]string, len(keys))
 	for i, k := range keys {
 		specs[i] = fmt.Sprintf("%s:%g:%g", k.key, k.lo, k.hi)
 	}
-	cmd := exec.CommandContext(ctx, exe, "bench", publishersCmd, brokerURL, slug, secret, strconv.Itoa(devices),
+	cmd, in, out, err := startSelf(ctx, stderr, "bench", publishersCmd, brokerURL, slug, secret, strconv.Itoa(devices),
 		strings.Join(specs, ","), strconv.Itoa(int(qos)), every.String())
-	cmd.Stderr = stderr
-	in, err := cmd.StdinPipe()
 	if err != nil {
-		return nil, err
-	}
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		return nil, err
-	}
-	if err := cmd.Start(); err != nil {
 		return nil, err
 	}
 	p := &childPublishers{cmd: cmd, stdin: in, done: make(chan struct{})}
