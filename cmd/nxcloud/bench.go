@@ -239,12 +239,7 @@ func runBench(ctx context.Context, cfg config, bc benchConfig, args []string, cp
 	if err != nil {
 		return res, err
 	}
-	stopped := false
-	defer func() {
-		if !stopped {
-			pubs.stop()
-		}
-	}()
+	defer pubs.stop() // a no-op once stopped below
 	acked := func() int64 { a, _ := pubs.counts(); return a }
 	say("warming up for %s", bc.Warmup)
 	sleepCtx(ctx, bc.Warmup)
@@ -272,7 +267,6 @@ func runBench(ctx context.Context, cfg config, bc benchConfig, args []string, cp
 		pprof.StopCPUProfile()
 	}
 	pubs.stop()
-	stopped = true
 	ackedN, failedN := pubs.counts()
 	say("draining")
 	tg.drain(ctx)

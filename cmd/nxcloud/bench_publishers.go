@@ -28,7 +28,7 @@ const publishersCmd = "publishers"
 
 // publishers is the sustained phase's load: acknowledged and failed
 // publishes so far, and stop (which stops publishing and waits for the
-// outstanding acknowledgements).
+// outstanding acknowledgements; later calls do nothing).
 type publishers interface {
 	counts() (acked, failed int64)
 	stop()
@@ -42,20 +42,23 @@ type inProcess struct {
 	loops, colls  sync.WaitGroup
 	pendings      []chan mqtt.Token
 	clients       []mqtt.Client
+	stopOnce      sync.Once
 }
 
 func (p *inProcess) counts() (int64, int64) { return p.acked.Load(), p.failed.Load() }
 
 func (p *inProcess) stop() {
-	p.cancel()
-	p.loops.Wait()
-	for _, c := range p.pendings {
-		close(c)
-	}
-	p.colls.Wait()
-	for _, c := range p.clients {
-		c.Disconnect(100)
-	}
+	p.stopOnce.Do(func() {
+		p.cancel()
+		p.loops.Wait()
+		for _, c := range p.pendings {
+			close(c)
+		}
+		p.colls.Wait()
+		for _, c := range p.clients {
+			c.Disconnect(100)
+		}
+	})
 }
 
 // startInProcess connects the devices and starts publishing: each device
